@@ -1,0 +1,116 @@
+"""The inference engine interface every backend implements.
+
+An engine owns one or more models and turns a `GenerationRequest` into an async stream of
+`TokenDelta`s. Contract for implementers:
+- `generate` must never block the event loop: model work runs on the engine's own threads or
+  processes, and results cross back with `loop.call_soon_threadsafe`.
+- Closing the `generate` iterator early (the client went away) aborts the request and frees its
+  slot at once; `abort(request_id)` does the same from elsewhere.
+- The last delta of a stream carries `finish_reason` ("stop", "length" or "abort") and `usage`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """OpenAI sampling semantics; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    max_tokens: int | None = None  # None: up to the context length
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Exactly one of `messages` (chat, rendered with the model's chat template) or `prompt`."""
+
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    backend: str
+    context_length: int
+    aliases: tuple[str, ...] = ()
+    loaded: bool = True
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ready: bool
+    detail: str = "ok"
+    active_requests: int = 0
+
+
+class InferenceEngine(abc.ABC):
+    """A swappable inference backend with a lifecycle: start → generate* → close."""
+
+    backend: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load what the engine needs; raise EngineError naming what is missing if it cannot."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        """Stream the completion of `request`; raise RequestError for an unknown model or bad input."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def health(self) -> EngineHealth:
+        """Readiness and load, cheap enough to call on every health check."""
+
+    @abc.abstractmethod
+    def models(self) -> list[ModelCard]:
+        """Models this engine serves."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Abort what runs and release memory and threads; safe to call twice."""

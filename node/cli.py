@@ -1,0 +1,105 @@
+"""The `cynode` command line: the only place that parses argv or reads the environment.
+
+    cynode run [-c node.toml]         run this node's roles until SIGTERM
+    cynode config check FILE          validate a node.toml (exit 1 with every problem named)
+    cynode config explain             every key, its default and meaning
+    cynode keygen                     print a new cluster key
+    cynode version
+
+Nothing here imports torch: `cynode --help` and config commands stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cynode", description="Run LLM serving and fine-tuning across a handful of machines.")
+    parser.add_argument("--version", action="version", version=f"cynode {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run this node's roles until SIGTERM")
+    run.add_argument("-c", "--config", type=Path, help="node.toml (default: built-in defaults)")
+    run.add_argument("--data-dir", type=Path, help="override [node] data_dir")
+    run.add_argument("--roles", help="override [node] roles, comma-separated (e.g. gateway,worker)")
+
+    config = commands.add_parser("config", help="check or explain node.toml")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_commands.add_parser("check", help="validate a node.toml with the current environment applied")
+    check.add_argument("file", type=Path)
+    config_commands.add_parser("explain", help="print every key with its default and meaning")
+
+    commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    multiprocessing.freeze_support()  # the PyInstaller binary re-enters here in spawned children
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "config":
+            return _config(args)
+        if args.command == "keygen":
+            from .cluster_key import generate_key
+
+            print(generate_key())
+            return 0
+        print(f"cynode {__version__}")
+        return 0
+    except ConfigError as exc:
+        print(f"cynode: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["node.data_dir"] = str(args.data_dir)
+    if getattr(args, "roles", None):
+        overrides["node.roles"] = [r.strip() for r in args.roles.split(",") if r.strip()]
+    return overrides
+
+
+def _config(args: argparse.Namespace) -> int:
+    from .config import explain, load_config
+
+    if args.config_command == "explain":
+        print(explain(), end="")
+        return 0
+    config = load_config(args.file, os.environ)
+    print(f"{args.file}: ok (roles: {', '.join(config.node.roles)}; node id {config.node.id})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import load_config
+    from .daemon import Daemon
+    from .logs import setup_logging
+
+    config = load_config(args.config, os.environ, _flag_overrides(args))
+    setup_logging(config.node.log_format, config.node.log_level, config.node.id)
+    multiprocessing.set_start_method("spawn", force=True)  # fork + threads + torch do not mix
+    daemon = Daemon(config, notify_socket=os.environ.get("NOTIFY_SOCKET"))
+    try:
+        import uvloop
+
+        return uvloop.run(daemon.run())
+    except ImportError:
+        return asyncio.run(daemon.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

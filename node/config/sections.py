@@ -1,0 +1,234 @@
+"""One frozen, validated model per `node.toml` section (ARCHITECTURE section 11).
+
+Every field has a default, so an empty file is a valid single-node config, and a one-line
+docstring, which `cynode config explain` prints. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .types import Address, Duration, split_host_port
+
+ROLE_NAMES = ("gateway", "coordinator", "worker")
+BACKEND_NAMES = (
+    "auto",
+    "cpu-transformers",
+    "cpu-vllm",
+    "cuda-vllm",
+    "cuda-transformers",
+    "ascend-vllm",
+    "ascend-transformers",
+    "ascend-mindie",
+    "cuda-trtllm",
+    "sim",
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class NodeSection(Section):
+    id: str = Field(default_factory=socket.gethostname)
+    """This node's name in the cluster; default: the host name."""
+    roles: tuple[Literal["gateway", "coordinator", "worker"], ...] = ROLE_NAMES
+    """Roles this node plays: any of gateway, coordinator, worker."""
+    data_dir: Path = Path("/var/lib/cynode")
+    """Models, adapters, keys and embedded Redis data live here (relative paths: from the working directory)."""
+    advertise: str = ""
+    """Address peers use to reach this node; default: the bind address of each service."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines on stdout: human-readable text or one JSON object per line."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level of log lines printed."""
+    drain_timeout: Duration = 30.0
+    """On SIGTERM, how long in-flight requests may run before they are cut off."""
+
+    @field_validator("id")
+    @classmethod
+    def _id_not_blank(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a node id (expected a non-empty name without spaces)")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} names a role twice")
+        return value
+
+
+class ClusterSection(Section):
+    name: str = "default"
+    """Cluster name; nodes of another cluster never merge with this one."""
+    seeds: tuple[Address, ...] = ()
+    """host:port gossip addresses of peers to join through."""
+    key_file: Path | None = None
+    """Cluster key file (base64 32-byte keys, one per line); default <data_dir>/cluster.key, made on first start."""
+
+
+class GossipSection(Section):
+    bind: Address = "0.0.0.0:7946"
+    """UDP and TCP address gossip listens on."""
+    profile: Literal["lan", "wan", "local"] = "lan"
+    """Timing preset: lan, wan or local."""
+
+
+class RedisSection(Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the leader lock, task queue and prompt cache."""
+    embedded: bool = False
+    """true: the daemon starts and supervises its own redis-server on the url's loopback address."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} is not a Redis URL (expected redis://host:port/db)")
+        return value
+
+    @model_validator(mode="after")
+    def _embedded_is_local(self) -> "RedisSection":
+        if self.embedded:
+            host = urlsplit(self.url).hostname or ""
+            if not self.url.startswith("redis://") or host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(
+                    f"embedded = true needs a loopback redis:// url (127.0.0.1, localhost or ::1), got {self.url!r}"
+                )
+        return self
+
+
+class GatewaySection(Section):
+    listen: Address = "0.0.0.0:8080"
+    """HTTP address of the OpenAI-compatible API."""
+    api_keys_file: Path | None = None
+    """API-key file (TOML); default <data_dir>/api-keys.toml, written with one admin key on first start. Auth is always on."""
+    coordinator: str = ""
+    """host:port of a coordinator to use; default: the leader found through Redis."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on another worker when one fails before the first token."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted."""
+    request_timeout: Duration = 600.0
+    """Longest a single completion may take end to end."""
+
+    @field_validator("coordinator")
+    @classmethod
+    def _coordinator_address(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
+
+class TaskQueueSection(Section):
+    max_size: int = Field(default=1000, ge=1)
+    """Most queued requests before new ones get 429."""
+    default_priority: int = 0
+    """Priority of requests whose key sets none (higher runs first)."""
+
+
+class PromptCacheSection(Section):
+    enabled: bool = True
+    """Cache responses of deterministic requests in Redis."""
+    ttl: Duration = 1800.0
+    """How long a cached response lives."""
+    max_size: int = Field(default=10000, ge=1)
+    """Most cached responses kept."""
+
+
+class StaticWorker(Section):
+    id: str
+    """Worker name."""
+    host: str
+    """Host of the worker's gRPC service."""
+    port: int = Field(default=50051, ge=1, le=65535)
+    """Port of the worker's gRPC service."""
+    weight: int = Field(default=100, ge=1)
+    """Share of assignments relative to other workers."""
+    tags: tuple[str, ...] = ("inference",)
+    """What the worker offers (inference, training, cuda, ...)."""
+
+
+class CoordinatorSection(Section):
+    listen: Address = "0.0.0.0:50050"
+    """gRPC address of the coordinator service."""
+    health_check_interval: Duration = 10.0
+    """How often each worker's health is checked."""
+    health_check_timeout: Duration = 5.0
+    """How long a health check may take before it counts as failed."""
+    max_retries: int = Field(default=3, ge=0)
+    """Failed health checks in a row before a worker counts as unhealthy."""
+    leader_ttl: Duration = 10.0
+    """Lifetime of the leader lock; the leader renews it at a third of this."""
+    task_queue: TaskQueueSection = TaskQueueSection()
+    """Priority queue settings."""
+    prompt_cache: PromptCacheSection = PromptCacheSection()
+    """Prompt cache settings."""
+    workers: tuple[StaticWorker, ...] = ()
+    """Static workers, besides those found through gossip."""
+
+    @model_validator(mode="after")
+    def _timeout_inside_interval(self) -> "CoordinatorSection":
+        if self.health_check_timeout > self.health_check_interval:
+            raise ValueError("health_check_timeout must not exceed health_check_interval")
+        return self
+
+
+class WorkerSection(Section):
+    listen: Address = "0.0.0.0:50051"
+    """gRPC address of the worker service."""
+    backend: Literal[BACKEND_NAMES] = "auto"  # type: ignore[valid-type]
+    """Inference backend (cpu-transformers, cuda-vllm, ...); auto picks from what the host has."""
+    model_registry: Path | None = None
+    """models.json listing the models this worker serves; default: the built-in model only."""
+    models_dir: Path | None = None
+    """Where converted models are kept; default <data_dir>/models."""
+    weight: int = Field(default=100, ge=1)
+    """Share of assignments relative to other workers."""
+    tags: tuple[str, ...] = ("inference", "training")
+    """What this worker offers."""
+    max_concurrency: int = Field(default=8, ge=1)
+    """Requests generated at once; more wait for a slot."""
+
+
+class MetricsSection(Section):
+    listen: Address = "0.0.0.0:9090"
+    """HTTP address of /metrics, /healthz and /readyz on every node."""
+
+
+class NodeConfig(Section):
+    node: NodeSection = NodeSection()
+    """This machine."""
+    cluster: ClusterSection = ClusterSection()
+    """The cluster it belongs to."""
+    gossip: GossipSection = GossipSection()
+    """Membership gossip."""
+    redis: RedisSection = RedisSection()
+    """Redis connection."""
+    gateway: GatewaySection = GatewaySection()
+    """The gateway role."""
+    coordinator: CoordinatorSection = CoordinatorSection()
+    """The coordinator role."""
+    worker: WorkerSection = WorkerSection()
+    """The worker role."""
+    metrics: MetricsSection = MetricsSection()
+    """Node-level HTTP for metrics and health."""
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.gateway.api_keys_file or self.node.data_dir / "api-keys.toml"
+
+    @property
+    def cluster_key_path(self) -> Path:
+        return self.cluster.key_file or self.node.data_dir / "cluster.key"
+
+    @property
+    def models_path(self) -> Path:
+        return self.worker.models_dir or self.node.data_dir / "models"

@@ -1,0 +1,76 @@
+"""Value types shared by the `node.toml` sections: durations and network addresses.
+
+Durations are strings with a unit ("10s", "1500ms", "2m", "1h"); they become float seconds.
+Addresses are "host:port" strings; IPv6 hosts go in brackets ("[::1]:8080").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Turn "10s" / "1500ms" / "2m" / "1h" into seconds."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a duration (expected a string such as \"10s\" or \"1500ms\")")
+    if isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} has no unit (write it as \"{value}s\" or \"{value}ms\")")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (expected a number and a unit: ms, s, m or h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1 and seconds != 0:
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+"""Seconds, written in `node.toml` as a string with a unit."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port"; raises ValueError with the reason."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address (expected \"host:port\")")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{value!r} is not an address (expected \"[ipv6]:port\")")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} has no port (expected host:port)")
+    if not host:
+        raise ValueError(f"{value!r} has no host (expected host:port)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} has a bad port {port_text!r} (expected 0-65535)")
+    return host, int(port_text)
+
+
+def _check_address(value: str) -> str:
+    split_host_port(value)
+    return value.strip()
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+"""A "host:port" string."""
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """The address to dial for a listen host: a wildcard bind is reached on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)

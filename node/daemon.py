@@ -1,0 +1,161 @@
+"""The daemon: the composition root that builds and runs a node's roles on one event loop.
+
+Start order: cluster key → Redis (embedded or not) → node HTTP (/metrics, /healthz, /readyz) →
+worker → coordinator → gateway, so each role finds what it depends on already serving. SIGTERM or
+SIGINT drains in the reverse order (gateway first: it stops taking requests and lets open streams
+finish), then stops everything. A role that fails to start stops the daemon with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .cluster_key import ensure_key_file, load_keys
+from .config import NodeConfig, connect_host, join_host_port, split_host_port
+from .embedded_redis import EmbeddedRedis
+from .errors import CynodeError, StartupError
+from .http_routes import node_routes
+from .peer_auth import PeerAuth
+from .redis_conn import RedisConnection, safe_url
+from .role import Role, RoleContext
+from .sd_notify import notify
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+ROLE_ORDER = ("worker", "coordinator", "gateway")
+
+
+def _role_class(name: str) -> Callable[[RoleContext], Role]:
+    # Imported on demand so a gateway-only node never imports the worker's engines.
+    if name == "worker":
+        from cynode.roles.worker import WorkerRole
+        return WorkerRole
+    if name == "coordinator":
+        from cynode.roles.coordinator import CoordinatorRole
+        return CoordinatorRole
+    from cynode.roles.gateway import GatewayRole
+    return GatewayRole
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig, *, notify_socket: str | None = None) -> None:
+        self.config = config
+        self._notify_socket = notify_socket
+        self._stop = asyncio.Event()
+        self._roles: list[Role] = []
+        self._embedded: EmbeddedRedis | None = None
+        self._redis: RedisConnection | None = None
+        self._http: web.AppRunner | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._start()
+        except CynodeError as exc:
+            log.error("start-up failed: %s", exc.message)
+            await self._shutdown(drain=False)
+            return 1
+        except Exception:
+            log.exception("start-up failed")
+            await self._shutdown(drain=False)
+            return 1
+        notify("READY=1", self._notify_socket)
+        log.info("node %s ready: %s", self.config.node.id, ", ".join(r.name for r in self._roles))
+        await self._stop.wait()
+        notify("STOPPING=1", self._notify_socket)
+        await self._shutdown(drain=True)
+        log.info("node %s stopped", self.config.node.id)
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: already shutting down", sig.name)
+            return
+        log.info("%s received: draining", sig.name)
+        self._stop.set()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.cluster.key_file is None and ensure_key_file(cfg.cluster_key_path):
+            log.info("created cluster key %s; copy it to every node of the cluster", cfg.cluster_key_path)
+        telemetry = Telemetry(cfg.node.id)
+        roles = [name for name in ROLE_ORDER if name in cfg.node.roles]
+        if cfg.redis.embedded:
+            self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
+            await self._embedded.start()
+        if {"coordinator", "gateway"} & set(roles):
+            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name)
+            await self._redis.connect()
+            log.info("Redis at %s", safe_url(cfg.redis.url))
+        ctx = RoleContext(
+            config=cfg,
+            telemetry=telemetry,
+            peer_auth=PeerAuth(load_keys(cfg.cluster_key_path)),
+            redis=self._redis,
+            boot_id=uuid.uuid4().hex[:12],
+            readiness=self._readiness,
+            local_services=self._local_services(roles),
+        )
+        await self._start_node_http(telemetry)
+        for name in roles:
+            log.info("starting %s", name)
+            try:
+                role = _role_class(name)(ctx)
+                self._roles.append(role)
+                await role.start()
+            except CynodeError as exc:
+                raise StartupError(f"role {name} failed to start: {exc.message}") from exc
+
+    def _local_services(self, roles: list[str]) -> dict[str, str]:
+        services = {}
+        if "worker" in roles:
+            host, port = split_host_port(self.config.worker.listen)
+            services["worker"] = join_host_port(self.config.node.advertise or connect_host(host), port)
+        return services
+
+    async def _start_node_http(self, telemetry: Telemetry) -> None:
+        app = web.Application()
+        app.add_routes(node_routes(telemetry, self._readiness))
+        self._http = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._http.setup()
+        host, port = split_host_port(self.config.metrics.listen)
+        try:
+            await web.TCPSite(self._http, host, port, reuse_address=True).start()
+        except OSError as exc:
+            raise StartupError(f"[metrics] listen {self.config.metrics.listen!r}: {exc.strerror or exc}") from exc
+
+    def _readiness(self) -> dict[str, tuple[bool, str]]:
+        return {role.name: role.readiness() for role in self._roles}
+
+    async def _shutdown(self, *, drain: bool) -> None:
+        if drain:
+            # Gateway first: it stops taking requests while the roles behind it still serve its streams.
+            for role in reversed(self._roles):
+                try:
+                    await role.drain(self.config.node.drain_timeout)
+                except Exception:
+                    log.exception("draining %s failed", role.name)
+        for role in reversed(self._roles):
+            try:
+                await role.stop()
+            except Exception:
+                log.exception("stopping %s failed", role.name)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._redis is not None:
+            await self._redis.close()
+        if self._embedded is not None:
+            await self._embedded.stop()

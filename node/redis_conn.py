@@ -1,0 +1,74 @@
+"""The one Redis connection layer, built from `[redis]`.
+
+Keys are namespaced by cluster name (`cynode:<cluster>:...`) so two clusters can share a Redis.
+redis-py errors are translated to `UnavailableError` here, at the boundary, by `translate_errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from .errors import StartupError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class RedisConnection:
+    def __init__(self, url: str, cluster: str) -> None:
+        self.url = url
+        self.prefix = f"cynode:{cluster}:"
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=15,
+            retry_on_timeout=True,
+        )
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def connect(self, attempts: int = 20, delay: float = 0.25) -> None:
+        """Wait for Redis to answer PING; a clear StartupError if it never does."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                await self.client.ping()
+                return
+            except redis.exceptions.RedisError as exc:
+                last = exc
+                await asyncio.sleep(delay)
+        raise StartupError(
+            f"Redis at {safe_url(self.url)} does not answer ({last}); start it, fix [redis] url, "
+            "or set [redis] embedded = true to let cynode run its own"
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+@contextlib.contextmanager
+def translate_errors(what: str):
+    """Turn redis-py failures into UnavailableError naming the operation."""
+    try:
+        yield
+    except redis.exceptions.ConnectionError as exc:
+        raise UnavailableError(f"Redis unreachable during {what}: {exc}", retry_after=1.0) from exc
+    except redis.exceptions.TimeoutError as exc:
+        raise UnavailableError(f"Redis timed out during {what}", retry_after=1.0) from exc
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+

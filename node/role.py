@@ -1,0 +1,59 @@
+"""The lifecycle every role implements, and what the daemon hands each role when it builds it.
+
+The daemon (the composition root) builds a `RoleContext` once and passes it to each role's
+constructor; roles never reach for globals, the environment or each other.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import NodeConfig
+from .http_routes import Readiness
+from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    import grpc.aio
+
+    from .peer_auth import PeerAuth
+    from .redis_conn import RedisConnection
+
+
+@dataclass
+class RoleContext:
+    config: NodeConfig
+    telemetry: Telemetry
+    peer_auth: "PeerAuth"
+    redis: "RedisConnection | None" = None
+    boot_id: str = ""
+    readiness: Readiness = lambda: {}
+    # Addresses of services this same node runs, for roles that would otherwise need gossip
+    # to find them (e.g. the coordinator's view of the local worker). Filled by the daemon.
+    local_services: dict[str, str] = field(default_factory=dict)
+
+    def channel(self, address: str) -> "grpc.aio.Channel":
+        """An authenticated gRPC channel to a peer's service."""
+        return self.peer_auth.channel(address)
+
+
+class Role(abc.ABC):
+    """A role the daemon starts, drains and stops. Each role owns its background tasks."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Bring the role up; return once it serves. Raise StartupError with a clear reason if it cannot."""
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking new work and wait up to `timeout` seconds for in-flight work to finish."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Release everything; must not raise, and must be safe to call after a failed start."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, detail) for /readyz."""
+        return True, "ok"

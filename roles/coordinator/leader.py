@@ -1,0 +1,117 @@
+"""Leader election through a Redis lock with a fencing epoch (ARCHITECTURE section 5).
+
+Acquire is one Lua script: SET NX PX on the lock, INCR of the epoch, and the holder's record.
+The leader renews at a third of the TTL and stops acting the moment its renew deadline passes,
+even if Redis is unreachable: `is_leader` is computed from the last confirmed renewal, not from
+hope. Release on shutdown is compare-and-delete, so hand-over takes about one retry interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import redis.exceptions
+
+from cynode.leader_record import epoch_key, info_key, lock_key
+from cynode.redis_conn import RedisConnection
+
+log = logging.getLogger(__name__)
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'holder', ARGV[1], 'id', ARGV[3], 'address', ARGV[4], 'epoch', epoch)
+  return epoch
+end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
+
+class LeaderElection:
+    def __init__(
+        self,
+        redis: RedisConnection,
+        *,
+        node_id: str,
+        boot_id: str,
+        address: str,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool, int], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keys = [lock_key(redis), epoch_key(redis), info_key(redis)]
+        self._holder = f"{node_id}:{boot_id}"
+        self._node_id = node_id
+        self._address = address
+        self._ttl = ttl
+        self._clock = clock
+        self._on_change = on_change or (lambda leading, epoch: None)
+        self._deadline = 0.0  # monotonic time until which we may act as leader
+        self.epoch = 0
+        self._acquire = redis.client.register_script(_ACQUIRE)
+        self._renew = redis.client.register_script(_RENEW)
+        self._release = redis.client.register_script(_RELEASE)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.epoch > 0 and self._clock() < self._deadline
+
+    async def run(self) -> None:
+        """Acquire, renew and re-acquire until cancelled."""
+        was_leader = False
+        while True:
+            started = self._clock()
+            try:
+                if was_leader and await self._renew(keys=self._keys[:1], args=[self._holder, int(self._ttl * 1000)]):
+                    self._deadline = started + self._ttl * 2 / 3  # act only well inside the TTL
+                elif not was_leader:
+                    epoch = int(await self._acquire(
+                        keys=self._keys, args=[self._holder, int(self._ttl * 1000), self._node_id, self._address]
+                    ))
+                    if epoch:
+                        self.epoch = epoch
+                        self._deadline = started + self._ttl * 2 / 3
+                else:
+                    log.warning("leader lock lost (epoch %d): another node holds it", self.epoch)
+                    self._deadline = 0.0
+            except redis.exceptions.RedisError as exc:
+                log.warning("leader election: Redis error: %s", exc)
+            leading = self.is_leader
+            if leading != was_leader:
+                log.info("%s leader (epoch %d)", "became" if leading else "no longer", self.epoch)
+                self._on_change(leading, self.epoch)
+                was_leader = leading
+            # Leaders renew at a third of the TTL; standbys retry with jitter so they don't stampede.
+            pause = self._ttl / 3 if leading else self._ttl / 3 * (0.5 + random.random())
+            await asyncio.sleep(max(0.05, pause - (self._clock() - started) if leading else pause))
+
+    async def release(self) -> None:
+        if self.epoch and self._deadline:
+            self._deadline = 0.0
+            try:
+                await self._release(keys=[self._keys[0], self._keys[2]], args=[self._holder])
+                log.info("released leadership (epoch %d)", self.epoch)
+            except redis.exceptions.RedisError as exc:
+                log.warning("could not release the leader lock: %s", exc)

@@ -1,0 +1,28 @@
+"""The coordinator's metrics; names from the seed (`coordinator_*`) are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+
+from cynode.telemetry import Telemetry
+
+
+@dataclass
+class CoordinatorMetrics:
+    requests: Counter
+    tokens: Counter
+    workers_healthy: Gauge
+    leader_epoch: Gauge
+    is_leader: Gauge
+
+    @classmethod
+    def register(cls, telemetry: Telemetry) -> "CoordinatorMetrics":
+        return cls(
+            requests=telemetry.counter("coordinator_inference_requests", "Inference requests by outcome", ("status",)),
+            tokens=telemetry.counter("coordinator_completion_tokens", "Completion tokens reported by gateways"),
+            workers_healthy=telemetry.gauge("coordinator_workers_healthy", "Workers passing health checks"),
+            leader_epoch=telemetry.gauge("coordinator_leader_epoch", "Fencing epoch of this node's last leadership"),
+            is_leader=telemetry.gauge("coordinator_is_leader", "1 while this node leads"),
+        )

@@ -1,0 +1,291 @@
+"""Validate an OpenAI `POST /v1/chat/completions` body into a frozen request.
+
+Hand-written rather than a pydantic model: every refusal must name the exact JSON path
+(`messages[1].content[0].type`) and read like OpenAI's own 400s, and clients rely on the
+OpenAI rules (null means "not given", booleans are not numbers, unknown fields are ignored).
+Parameters we cannot honour yet are refused rather than silently dropped, because a client
+asking for tools or JSON mode would otherwise get plausible-looking but wrong output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from cynode.errors import RequestError
+
+__all__ = ["ROLES", "ChatCompletionRequest", "Message", "Sampling", "parse_chat_request"]
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_STOP = 4
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCompletionRequest:
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False
+    sampling: Sampling = Sampling()
+    user: str | None = None
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate a chat completion body; raises RequestError (400) naming the field."""
+    data = _load_json(body)
+    model = data.get("model")
+    if model is None:
+        _fail("'model' is required", "model", "missing_required_parameter")
+    if not isinstance(model, str):
+        _fail(f"model must be a string; got {_show(model)}", "model", "invalid_type")
+    if not model.strip():
+        _fail("model must not be empty", "model", "invalid_value")
+
+    stream = _bool(data, "stream", default=False)
+    include_usage = _stream_options(data.get("stream_options"), stream)
+    _refuse_unsupported(data)
+    user = data.get("user")
+    if user is not None and not isinstance(user, str):
+        _fail(f"user must be a string; got {_show(user)}", "user", "invalid_type")
+    return ChatCompletionRequest(
+        model=model,
+        messages=_messages(data.get("messages")),
+        stream=stream,
+        include_usage=include_usage,
+        sampling=_sampling(data),
+        user=user,
+    )
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
+    if not body or not body.strip():
+        _fail("Invalid JSON body: the request body is empty", None, "invalid_json")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        _fail(f"Invalid JSON body: {exc}", None, "invalid_json")
+    if not isinstance(data, dict):
+        _fail(f"The request body must be a JSON object; got {_kind(data)}", None, "invalid_type")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity; JSON (and OpenAI) do not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _messages(value: Any) -> tuple[Message, ...]:
+    if value is None:
+        _fail("'messages' is required", "messages", "missing_required_parameter")
+    if not isinstance(value, list):
+        _fail(f"messages must be an array of message objects; got {_kind(value)}", "messages", "invalid_type")
+    if not value:
+        _fail("messages must contain at least one message; got an empty array", "messages", "empty_array")
+    return tuple(_message(item, f"messages[{i}]") for i, item in enumerate(value))
+
+
+def _message(item: Any, path: str) -> Message:
+    if not isinstance(item, dict):
+        _fail(f"{path} must be an object with 'role' and 'content'; got {_kind(item)}", path, "invalid_type")
+    role = item.get("role")
+    if role is None:
+        _fail(f"{path}.role is required", f"{path}.role", "missing_required_parameter")
+    if role not in ROLES:
+        _fail(f"{path}.role must be one of {', '.join(ROLES)}; got {_show(role)}", f"{path}.role", "invalid_value")
+    if item.get("tool_calls"):
+        _fail(f"{path}.tool_calls is not supported yet", f"{path}.tool_calls", "unsupported_parameter")
+    return Message(role=role, content=_content(item.get("content"), f"{path}.content"))
+
+
+def _content(value: Any, path: str) -> str:
+    if value is None:
+        _fail(f"{path} is required", path, "missing_required_parameter")
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        _fail(f"{path} must be a string or an array of content parts; got {_kind(value)}", path, "invalid_type")
+    if not value:
+        _fail(f"{path} must not be an empty array", path, "empty_array")
+    texts = []
+    for i, part in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(part, dict):
+            _fail(f"{where} must be a content part object; got {_kind(part)}", where, "invalid_type")
+        kind = part.get("type")
+        if kind is None:
+            _fail(f"{where}.type is required", f"{where}.type", "missing_required_parameter")
+        if kind != "text":
+            _fail(f"{where}.type {_show(kind)} is not supported yet; only 'text' content parts are",
+                  f"{where}.type", "unsupported_value")
+        text = part.get("text")
+        if not isinstance(text, str):
+            _fail(f"{where}.text must be a string; got {_show(text)}", f"{where}.text", "invalid_type")
+        texts.append(text)
+    # vLLM joins text parts with a newline too, so prompts render the same on either server.
+    return "\n".join(texts)
+
+
+def _stream_options(value: Any, stream: bool) -> bool:
+    if value is None:
+        return False
+    if not stream:
+        _fail("stream_options is only allowed when stream is true", "stream_options", "invalid_value")
+    if not isinstance(value, dict):
+        _fail(f"stream_options must be an object; got {_kind(value)}", "stream_options", "invalid_type")
+    return _bool(value, "include_usage", default=False, prefix="stream_options.")
+
+
+def _sampling(data: dict[str, Any]) -> Sampling:
+    n = data.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        _fail(f"only n=1 is supported; got {_show(n)}", "n", "unsupported_value")
+    max_tokens = _int(data, "max_tokens", low=1)
+    max_completion_tokens = _int(data, "max_completion_tokens", low=1)
+    return Sampling(
+        temperature=_number(data, "temperature", 0.0, 2.0),
+        top_p=_number(data, "top_p", 0.0, 1.0, low_open=True),
+        top_k=_int(data, "top_k", low=0),
+        # OpenAI deprecated max_tokens in favour of max_completion_tokens, so the newer one wins.
+        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
+        stop=_stop(data.get("stop")),
+        seed=_int(data, "seed", low=_INT64[0], high=_INT64[1]),
+        presence_penalty=_number(data, "presence_penalty", -2.0, 2.0),
+        frequency_penalty=_number(data, "frequency_penalty", -2.0, 2.0),
+        repetition_penalty=_number(data, "repetition_penalty", 0.0, math.inf, low_open=True),
+    )
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        _fail(f"stop must be a string or an array of strings; got {_kind(value)}", "stop", "invalid_type")
+    if len(items) > MAX_STOP:
+        _fail(f"stop may hold at most {MAX_STOP} sequences; got {len(items)}", "stop", "invalid_value")
+    for i, item in enumerate(items):
+        where = "stop" if isinstance(value, str) else f"stop[{i}]"
+        if not isinstance(item, str):
+            _fail(f"{where} must be a string; got {_show(item)}", where, "invalid_type")
+        if not item:
+            _fail(f"{where} must not be an empty string", where, "invalid_value")
+    return tuple(items)
+
+
+# Parameters we accept only at their default value, mapped to "is this value the default?".
+_UNSUPPORTED = {
+    "logprobs": lambda v: v in (None, False),
+    "top_logprobs": lambda v: v in (None, 0),
+    "tools": lambda v: v in (None, []),
+    "tool_choice": lambda v: v in (None, "none", "auto"),
+    "functions": lambda v: v in (None, []),
+    "function_call": lambda v: v in (None, "none", "auto"),
+    "response_format": lambda v: v is None or v == {"type": "text"},
+    "logit_bias": lambda v: v in (None, {}),
+    "audio": lambda v: v is None,
+    "modalities": lambda v: v in (None, ["text"]),
+}
+
+
+def _refuse_unsupported(data: dict[str, Any]) -> None:
+    for name, is_default in _UNSUPPORTED.items():
+        value = data.get(name)
+        if is_default(value):
+            continue
+        if name == "response_format" and isinstance(value, dict) and "type" in value:
+            what = f"response_format type {_show(value['type'])}"
+        else:
+            what = name if isinstance(value, (list, dict)) else f"{name}={_show(value)}"
+        _fail(f"{what} is not supported yet", name, "unsupported_parameter")
+
+
+def _bool(data: dict[str, Any], name: str, *, default: bool, prefix: str = "") -> bool:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        _fail(f"{prefix}{name} must be a boolean; got {_show(value)}", prefix + name, "invalid_type")
+    return value
+
+
+def _number(data: dict[str, Any], name: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(f"{name} must be a number; got {_show(value)}", name, "invalid_type")
+    too_low = value <= low if low_open else value < low
+    # 1e400 parses as inf, which no sampler can use.
+    if too_low or value > high or not math.isfinite(value):
+        if high == math.inf:
+            bounds = f"greater than {low:g}" if low_open else f"at least {low:g}"
+        elif low_open:
+            bounds = f"greater than {low:g} and at most {high:g}"
+        else:
+            bounds = f"between {low:g} and {high:g}"
+        _fail(f"{name} must be {bounds}; got {_show(value)}", name, "invalid_value")
+    return float(value)
+
+
+def _int(data: dict[str, Any], name: str, *, low: int, high: int | None = None) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(f"{name} must be an integer; got {_show(value)}", name, "invalid_type")
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        _fail(f"{name} must be {bounds}; got {value}", name, "invalid_value")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a value, as a client would call it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _show(value: Any) -> str:
+    """A short rendering of what the client sent, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    return _kind(value)
+
+
+def _fail(message: str, param: str | None, code: str) -> NoReturn:
+    raise RequestError(message, status=400, param=param, code=code)

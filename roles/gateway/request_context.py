@@ -1,0 +1,85 @@
+"""What every gateway handler shares: config, keys, upstream, metrics and the in-flight count."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from cynode.config.sections import GatewaySection
+from cynode.errors import RequestError
+from cynode.telemetry import Telemetry
+
+from .api_keys import ApiKey, ApiKeyStore, require
+from .upstream import Upstream
+
+
+@dataclass
+class GatewayMetrics:
+    requests: Counter
+    latency: Histogram
+    ttft: Histogram
+    completions: Counter
+    tokens: Counter
+
+    @classmethod
+    def register(cls, telemetry: Telemetry) -> "GatewayMetrics":
+        return cls(
+            requests=telemetry.counter("gateway_http_requests", "HTTP requests by route and status", ("route", "status")),
+            latency=telemetry.histogram("gateway_http_request_latency_seconds", "Seconds to answer, by route", ("route",)),
+            ttft=telemetry.histogram("gateway_time_to_first_token_seconds", "Seconds from request to the first token"),
+            completions=telemetry.counter("gateway_completions", "Completions by outcome", ("outcome",)),
+            tokens=telemetry.counter("gateway_completion_tokens", "Completion tokens sent to clients"),
+        )
+
+
+@dataclass
+class InFlight:
+    """Counts requests being served, so a drain can wait for them."""
+
+    count: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+@dataclass
+class GatewayState:
+    config: GatewaySection
+    keys: ApiKeyStore
+    upstream: Upstream
+    metrics: GatewayMetrics
+    in_flight: InFlight = field(default_factory=InFlight)
+
+    def authenticate(self, request: web.Request, scope: str) -> ApiKey:
+        key = self.keys.authenticate(request.headers.get("Authorization"))
+        require(key, scope)
+        return key
+
+    def authorize_model(self, key: ApiKey, model: str) -> None:
+        require(key, "inference", model)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestError(
+                f"request body is larger than {self.config.max_body_bytes} bytes ([gateway] max_body_bytes)",
+                status=413, code="request_too_large",
+            ) from None
+
+    def record(self, ok: bool, usage) -> None:
+        self.metrics.completions.labels("ok" if ok else "failed").inc()
+        self.metrics.tokens.inc(usage.completion_tokens)

@@ -1,0 +1,74 @@
+"""The gateway role: the OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from cynode.config import split_host_port
+from cynode.errors import StartupError
+from cynode.http_routes import node_routes
+from cynode.role import Role, RoleContext
+
+from .api_keys import ApiKeyStore, ensure_api_keys_file
+from .app import build_app
+from .request_context import GatewayMetrics, GatewayState
+from .upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class GatewayRole(Role):
+    name = "gateway"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self._ctx = ctx
+        self._config = ctx.config.gateway
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._state: GatewayState | None = None
+
+    async def start(self) -> None:
+        path = self._ctx.config.api_keys_path
+        if self._config.api_keys_file is None and ensure_api_keys_file(path):
+            # The path only: the key itself is in the file, readable by its owner alone.
+            log.warning("created API-key file %s with one admin key; read the key from there", path)
+            print(f"cynode: wrote a new admin API key to {path}", flush=True)
+        keys = ApiKeyStore.load(path)  # ConfigError names the file and entry
+        upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
+        self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry))
+        app = build_app(self._state, self._ctx.redis, node_routes(self._ctx.telemetry, self._ctx.readiness))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        host, port = split_host_port(self._config.listen)
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            raise StartupError(f"[gateway] listen {self._config.listen!r}: {exc.strerror or exc}") from exc
+        log.info("gateway listening on http://%s", self._config.listen)
+
+    async def drain(self, timeout: float) -> None:
+        if self._site is None or self._state is None:
+            return
+        await self._site.stop()  # no new connections; open streams carry on
+        if self._runner is not None and self._runner.server is not None:
+            self._runner.server.pre_shutdown()  # close idle keep-alive connections, no keep-alive from here on
+        in_flight = self._state.in_flight
+        if in_flight.count:
+            log.info("draining %d in-flight request(s), up to %.0fs", in_flight.count, timeout)
+        try:
+            await asyncio.wait_for(in_flight.idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._state is not None:
+            await self._state.upstream.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        return (self._site is not None, "listening" if self._site else "not started")

@@ -1,0 +1,38 @@
+"""The worker's metrics; names from the seed (`worker_*`) are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from cynode.telemetry import Telemetry
+
+_RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass
+class WorkerMetrics:
+    latency: Histogram
+    ttft: Histogram
+    inter_token: Histogram
+    tokens_per_second: Histogram
+    tokens: Counter
+    active: Gauge
+    gpu_memory_used: Gauge
+    gpu_utilization: Gauge
+
+    @classmethod
+    def register(cls, telemetry: Telemetry) -> "WorkerMetrics":
+        return cls(
+            latency=telemetry.histogram("worker_inference_latency", "Seconds from request to last token", ("model",)),
+            ttft=telemetry.histogram("worker_time_to_first_token_seconds", "Seconds to the first token", ("model",)),
+            inter_token=telemetry.histogram("worker_inter_token_latency_seconds", "Seconds between tokens", ("model",)),
+            tokens_per_second=telemetry.histogram(
+                "worker_tokens_per_second", "Decode rate of one request", ("model",), buckets=_RATE_BUCKETS
+            ),
+            tokens=telemetry.counter("worker_tokens_generated", "Tokens generated", ("model",)),
+            active=telemetry.gauge("worker_active_requests", "Requests being generated"),
+            gpu_memory_used=telemetry.gauge("worker_gpu_memory_used", "Accelerator memory in use, bytes (host RAM on CPU)"),
+            gpu_utilization=telemetry.gauge("worker_gpu_utilization", "Accelerator utilisation, percent (CPU on CPU)"),
+        )

@@ -1,0 +1,79 @@
+"""The worker role: hosts an inference engine behind the Worker gRPC service."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import grpc.aio
+
+from cynode.config import split_host_port
+from cynode.engines import create_engine, select_backend
+from cynode.engines.base import InferenceEngine
+from cynode.errors import CynodeError, StartupError
+from cynode.role import Role, RoleContext
+from cynode.rpc import worker_pb2_grpc
+
+from .metrics import WorkerMetrics
+from .service import WorkerService
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRole(Role):
+    name = "worker"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self._ctx = ctx
+        self._config = ctx.config.worker
+        self._engine: InferenceEngine | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics = WorkerMetrics.register(ctx.telemetry)
+
+    async def start(self) -> None:
+        backend = select_backend(self._config.backend)
+        log.info("worker backend %s (asked for %s)", backend, self._config.backend)
+        try:
+            self._engine = create_engine(
+                backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency
+            )
+            await self._engine.start()
+        except CynodeError as exc:
+            raise StartupError(f"[worker] backend {backend!r}: {exc.message}") from exc
+        engine = self._engine
+        self._metrics.active.set_function(lambda: engine.health().active_requests)
+        self._metrics.gpu_memory_used.set_function(_resident_bytes)
+        service = WorkerService(self._ctx.config.node.id, engine, self._metrics, self._config.max_concurrency)
+        self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
+        worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
+        host, port = split_host_port(self._config.listen)
+        if self._server.add_insecure_port(self._config.listen) == 0:
+            raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port {port} in use?)")
+        await self._server.start()
+        log.info("worker serving %s on %s", ", ".join(m.id for m in engine.models()), self._config.listen)
+
+    async def drain(self, timeout: float) -> None:
+        # Stops accepting new calls and lets running streams finish until the grace runs out.
+        if self._server:
+            await self._server.stop(grace=timeout)
+
+    async def stop(self) -> None:
+        if self._server:
+            await self._server.stop(grace=None)
+        if self._engine:
+            await self._engine.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._engine is None:
+            return False, "engine not started"
+        health = self._engine.health()
+        return health.ready, health.detail
+
+
+def _resident_bytes() -> float:
+    """Host memory this process uses; the CPU's stand-in for accelerator memory."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0.0

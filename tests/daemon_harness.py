@@ -1,0 +1,106 @@
+"""Real `cynode run` daemons in subprocesses, each with its own node.toml, ports and data_dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import tomli_w
+
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class CynodeProcess:
+    def __init__(self, workdir: Path, *, redis_url: str, models_dir: Path, host: str = "127.0.0.1",
+                 embedded_redis: bool = False, extra: dict | None = None, env: dict | None = None) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.ports = {name: free_port(host) for name in ("gateway", "coordinator", "worker", "metrics", "gossip")}
+        config = {
+            "node": {"id": f"node-{self.ports['gateway']}", "data_dir": str(workdir / "data"), "drain_timeout": "30s"},
+            "gossip": {"bind": f"{host}:{self.ports['gossip']}"},
+            "redis": {"url": redis_url, "embedded": embedded_redis},
+            "gateway": {"listen": f"{host}:{self.ports['gateway']}"},
+            "coordinator": {"listen": f"{host}:{self.ports['coordinator']}", "health_check_interval": "1s",
+                            "health_check_timeout": "1s"},
+            "worker": {"listen": f"{host}:{self.ports['worker']}", "models_dir": str(models_dir)},
+            "metrics": {"listen": f"{host}:{self.ports['metrics']}"},
+        }
+        for section, values in (extra or {}).items():
+            config.setdefault(section, {}).update(values)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "node.toml"
+        self.config_path.write_text(tomli_w.dumps(config))
+        self.log_path = workdir / "cynode.log"
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.ports['gateway']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports['metrics']}"
+
+    def start(self, timeout: float = 300.0) -> "CynodeProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cynode", "run", "-c", str(self.config_path)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cynode exited with {self.proc.returncode} during start-up:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.metrics_url}/readyz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"cynode not ready after {timeout:.0f}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def api_key(self, name: str = "admin") -> str:
+        keys = tomllib.loads((self.workdir / "data" / "api-keys.toml").read_text())["keys"]
+        return next(k["key"] for k in keys if k["name"] == name)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def get_json(self, path: str, key: str | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(self.base_url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())

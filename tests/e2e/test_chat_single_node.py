@@ -1,0 +1,156 @@
+"""A user starts one node and chats with the real model: gateway → coordinator → worker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+
+from sse import content_of, events
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+MODEL = "smollm2-135m-instruct"
+
+
+def chat(node, key, **body):
+    payload = {"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 24, **body}
+    return httpx.post(f"{node.base_url}/v1/chat/completions", json=payload,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def stream_chat(node, key, **body):
+    payload = {"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 24, "stream": True, **body}
+    with httpx.stream("POST", f"{node.base_url}/v1/chat/completions", json=payload,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120) as reply:
+        assert reply.status_code == 200, reply.read()
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        return list(events(reply.iter_lines()))
+
+
+def test_a_greedy_chat_answers_paris(node):
+    reply = chat(node, node.api_key())
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == MODEL
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert "Paris" in choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 5 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_a_streamed_chat_answers_paris_and_ends_with_done(node):
+    received = stream_chat(node, node.api_key(), stream_options={"include_usage": True})
+    assert received[-1] == "[DONE]"
+    chunks = [e for e in received if isinstance(e, dict)]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert "Paris" in content_of(chunks)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_streamed_and_whole_answers_are_the_same_text(node):
+    whole = chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
+    streamed = content_of(e for e in stream_chat(node, node.api_key()) if isinstance(e, dict))
+    assert streamed == whole
+
+
+def test_the_official_openai_client_gets_the_same_answer(node):
+    client = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key=node.api_key(), max_retries=0)
+    expected = chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
+    assert completion.choices[0].message.content == expected
+    assert "Paris" in expected
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stream=True)
+        if chunk.choices
+    )
+    assert streamed == expected
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_four_concurrent_requests_all_complete_with_the_same_answer(node):
+    key = node.api_key()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: chat(node, key), range(4)))
+    assert [r.status_code for r in replies] == [200] * 4
+    texts = {r.json()["choices"][0]["message"]["content"] for r in replies}
+    assert len(texts) == 1 and "Paris" in texts.pop()
+
+
+def _assert_openai_error(reply, status, *, param=None, code=None):
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_a_request_without_a_key_is_401(node):
+    reply = httpx.post(f"{node.base_url}/v1/chat/completions", json={"model": MODEL, "messages": QUESTION}, timeout=30)
+    error = _assert_openai_error(reply, 401)
+    assert error["type"] == "authentication_error"
+
+
+def test_a_wrong_key_is_401_and_the_key_is_not_echoed(node):
+    wrong = "sk-cynode-this-is-not-a-real-key-0123456789"
+    reply = chat(node, wrong)
+    error = _assert_openai_error(reply, 401)
+    assert wrong not in error["message"]
+
+
+def test_malformed_json_is_400_with_an_openai_error(node):
+    reply = httpx.post(f"{node.base_url}/v1/chat/completions", content=b'{"model": "x", "messages": [',
+                       headers={"Authorization": f"Bearer {node.api_key()}", "Content-Type": "application/json"}, timeout=30)
+    _assert_openai_error(reply, 400, code="invalid_json")
+
+
+def test_missing_messages_is_400_naming_the_field(node):
+    reply = httpx.post(f"{node.base_url}/v1/chat/completions", json={"model": MODEL},
+                       headers={"Authorization": f"Bearer {node.api_key()}"}, timeout=30)
+    error = _assert_openai_error(reply, 400, param="messages")
+    assert "messages" in error["message"]
+
+
+def test_an_unknown_model_is_404_model_not_found(node):
+    reply = chat(node, node.api_key(), model="no-such-model")
+    error = _assert_openai_error(reply, 404, param="model", code="model_not_found")
+    assert "no-such-model" in error["message"]
+
+
+def test_an_unknown_route_is_a_json_404(node):
+    reply = httpx.get(f"{node.base_url}/v1/nothing-here", timeout=30)
+    _assert_openai_error(reply, 404)
+
+
+def test_health_readiness_and_metrics_need_no_key(node):
+    for base in (node.base_url, node.metrics_url):
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert set(ready.json()["roles"]) == {"gateway", "coordinator", "worker"}
+    chat(node, node.api_key())
+    metrics = httpx.get(f"{node.metrics_url}/metrics", timeout=10).text
+    for name in ("worker_inference_latency_bucket", "worker_time_to_first_token_seconds_bucket",
+                 'coordinator_inference_requests_total{status="assigned"}', "coordinator_workers_healthy 1.0",
+                 "gateway_time_to_first_token_seconds_bucket"):
+        assert name in metrics, name
+
+
+def test_the_cluster_leader_is_this_node_and_needs_an_admin_key(node):
+    status, body = node.get_json("/v1/cluster/leader", node.api_key())
+    assert status == 200, body
+    assert body["epoch"] >= 1 and body["address"].endswith(f":{node.ports['coordinator']}")
+    status, body = node.get_json("/v1/cluster/leader")
+    assert status == 401

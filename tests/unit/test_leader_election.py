@@ -1,0 +1,73 @@
+"""Leader election against a real Redis: one leader, fencing epochs, hand-over on release."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from cynode.leader_record import read_leader
+from cynode.redis_conn import RedisConnection
+from cynode.roles.coordinator.leader import LeaderElection
+from cynode.roles.coordinator.leases import LeaseStore
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_one_of_two_candidates_leads_and_the_other_takes_over_on_release(redis_server):
+    cluster = f"election-{id(object())}"
+    conns = [RedisConnection(redis_server.url, cluster) for _ in range(2)]
+    elections = [
+        LeaderElection(c, node_id=f"n{i}", boot_id="b", address=f"127.0.0.1:{5000 + i}", ttl=0.6)
+        for i, c in enumerate(conns)
+    ]
+    tasks = [asyncio.create_task(e.run()) for e in elections]
+    try:
+        await _until(lambda: any(e.is_leader for e in elections))
+        await asyncio.sleep(0.5)
+        assert sum(e.is_leader for e in elections) == 1
+        leader = next(e for e in elections if e.is_leader)
+        other = next(e for e in elections if e is not leader)
+        record = await read_leader(conns[0])
+        assert record is not None and record.epoch == leader.epoch
+        first_epoch = leader.epoch
+
+        tasks[elections.index(leader)].cancel()
+        await leader.release()
+        await _until(lambda: other.is_leader)
+        assert other.epoch > first_epoch
+        assert (await read_leader(conns[0])).address == other._address
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in conns:
+            await conn.close()
+
+
+async def test_a_deposed_leader_cannot_grant_leases(redis_server):
+    conn = RedisConnection(redis_server.url, f"fence-{id(object())}")
+    old = LeaderElection(conn, node_id="old", boot_id="1", address="127.0.0.1:1", ttl=0.3)
+    new = LeaderElection(conn, node_id="new", boot_id="2", address="127.0.0.1:2", ttl=0.3)
+    leases = LeaseStore(conn)
+    try:
+        old_task = asyncio.create_task(old.run())
+        await _until(lambda: old.is_leader)
+        old_epoch = old.epoch
+        old_task.cancel()  # the old leader stalls: it no longer renews
+        with contextlib.suppress(asyncio.CancelledError):
+            await old_task
+        new_task = asyncio.create_task(new.run())
+        await _until(lambda: new.is_leader)
+        assert not old.is_leader
+        assert await leases.grant(epoch=old_epoch, worker_id="w", model="m", request_id="r") is None
+        assert await leases.grant(epoch=new.epoch, worker_id="w", model="m", request_id="r") is not None
+        new_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await new_task
+    finally:
+        await conn.close()

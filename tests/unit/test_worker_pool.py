@@ -1,0 +1,46 @@
+"""Picking workers: smooth weighted round-robin over healthy workers that serve the model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from cynode.roles.coordinator.pool import WorkerPool
+
+
+def pool_with(*workers: tuple[str, int, bool, tuple[str, ...]]) -> WorkerPool:
+    pool = WorkerPool(channel_factory=lambda address: None, interval=1, timeout=1, max_failures=3)
+    for worker_id, weight, healthy, models in workers:
+        pool.add(worker_id, f"{worker_id}:1", weight)
+        state = pool.workers[worker_id]
+        state.healthy, state.models, state.capacity = healthy, {m: (f"{m}-alias",) for m in models}, 8
+    return pool
+
+
+def test_assignments_follow_the_configured_weights():
+    pool = pool_with(("a", 300, True, ("m",)), ("b", 100, True, ("m",)))
+    picks = Counter(pool.pick("m")[0].id for _ in range(400))
+    assert picks == {"a": 300, "b": 100}
+
+
+def test_an_unhealthy_worker_gets_nothing():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, False, ("m",)))
+    assert {pool.pick("m")[0].id for _ in range(20)} == {"a"}
+
+
+def test_only_workers_serving_the_model_are_picked_and_aliases_resolve():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, True, ("other",)))
+    worker, model_id = pool.pick("m-alias")
+    assert (worker.id, model_id) == ("a", "m")
+    assert pool.pick("nothing") is None
+
+
+def test_excluded_workers_are_skipped():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, True, ("m",)))
+    assert {pool.pick("m", exclude=["a"])[0].id for _ in range(10)} == {"b"}
+
+
+def test_a_busy_worker_gets_a_smaller_share():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, True, ("m",)))
+    pool.workers["a"].active = 8  # full
+    picks = Counter(pool.pick("m")[0].id for _ in range(110))
+    assert picks["b"] > 5 * picks["a"] > 0
