@@ -314,6 +314,7 @@ class TransformersEngine(InferenceEngine):
                         # exact once the last delta is out (shielded: our cancellation must not
                         # mark it done while it still holds a pool thread).
                         await asyncio.shield(thread)
+                        self._slot_freed(thread)
                         break
                     pending.extend(payload)
                     text = detok.add(payload)
@@ -365,8 +366,10 @@ class TransformersEngine(InferenceEngine):
         return got
 
     def _slot_freed(self, thread: asyncio.Future) -> None:
-        self._threads.discard(thread)
-        self._slots.release()
+        """Idempotent: the stream calls it as soon as it sees the thread end, the done callback later."""
+        if thread in self._threads:
+            self._threads.discard(thread)
+            self._slots.release()
 
     def _encode(self, request: GenerationRequest) -> list[int]:
         if request.messages and request.prompt is not None:

@@ -50,6 +50,8 @@ class Daemon:
         self._notify_socket = notify_socket
         self._stop = asyncio.Event()
         self._roles: list[Role] = []
+        self._planned: list[str] = []  # roles this node will run, in start order
+        self._serving: set[str] = set()  # roles whose start() has returned
         self._embedded: EmbeddedRedis | None = None
         self._redis: RedisConnection | None = None
         self._http: web.AppRunner | None = None
@@ -92,7 +94,7 @@ class Daemon:
         if cfg.cluster.key_file is None and ensure_key_file(cfg.cluster_key_path):
             log.info("created cluster key %s; copy it to every node of the cluster", cfg.cluster_key_path)
         telemetry = Telemetry(cfg.node.id)
-        roles = [name for name in ROLE_ORDER if name in cfg.node.roles]
+        roles = self._planned = [name for name in ROLE_ORDER if name in cfg.node.roles]
         if cfg.redis.embedded:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
@@ -116,6 +118,7 @@ class Daemon:
                 role = _role_class(name)(ctx)
                 self._roles.append(role)
                 await role.start()
+                self._serving.add(name)
             except CynodeError as exc:
                 raise StartupError(f"role {name} failed to start: {exc.message}") from exc
 
@@ -138,7 +141,8 @@ class Daemon:
             raise StartupError(f"[metrics] listen {self.config.metrics.listen!r}: {exc.strerror or exc}") from exc
 
     def _readiness(self) -> dict[str, tuple[bool, str]]:
-        return {role.name: role.readiness() for role in self._roles}
+        started = {role.name: role for role in self._roles if role.name in self._serving}
+        return {name: started[name].readiness() if name in started else (False, "starting") for name in self._planned}
 
     async def _shutdown(self, *, drain: bool) -> None:
         if drain:

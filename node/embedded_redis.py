@@ -17,6 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .errors import StartupError
 
@@ -95,7 +97,9 @@ class EmbeddedRedis:
                 log.error("%s", exc)
 
     async def _answers(self) -> bool:
-        client = aioredis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.3, socket_timeout=0.5)
+        # No client-side retries: this is a probe, and redis-py's default backoff would add seconds.
+        client = aioredis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.3, socket_timeout=0.5,
+                                retry=Retry(NoBackoff(), 0))
         try:
             return bool(await client.ping())
         except Exception:

@@ -34,16 +34,17 @@ class RedisConnection:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def connect(self, attempts: int = 20, delay: float = 0.25) -> None:
-        """Wait for Redis to answer PING; a clear StartupError if it never does."""
+    async def connect(self, wait: float = 10.0) -> None:
+        """Wait up to `wait` seconds for Redis to answer PING; a clear StartupError if it never does."""
         last: Exception | None = None
-        for _ in range(attempts):
+        deadline = asyncio.get_running_loop().time() + wait
+        while asyncio.get_running_loop().time() < deadline:
             try:
                 await self.client.ping()
                 return
             except redis.exceptions.RedisError as exc:
                 last = exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(0.25)
         raise StartupError(
             f"Redis at {safe_url(self.url)} does not answer ({last}); start it, fix [redis] url, "
             "or set [redis] embedded = true to let cynode run its own"

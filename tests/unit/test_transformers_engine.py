@@ -17,7 +17,9 @@ from cynode.engines.factory import Probe
 from cynode.engines.transformers_engine import IncrementalDetokenizer, TransformersEngine
 from cynode.errors import EngineError, RequestError
 
-pytestmark = pytest.mark.slow
+# Every test shares the session loop the engine fixture lives on: a generation thread reports to
+# the loop that started it, and a per-test loop closing under it would leak its slot.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
 FRANCE = "What is the capital of France?"
 _ids = itertools.count()
@@ -110,6 +112,7 @@ async def test_four_concurrent_greedy_requests_each_match_the_single_stream_outp
 
 
 async def test_closing_the_stream_early_frees_the_slot_and_the_engine_keeps_working(engine):
+    await wait_idle(engine)  # a stream cut by a stop string lets its thread finish one step later
     stream = engine.generate(chat("Write a long story about a dragon.", max_tokens=400))
     first = await anext(stream)
     assert first.finish_reason is None
@@ -167,7 +170,7 @@ async def test_health_reports_ready_with_one_model_card_carrying_the_context_len
     assert (card.id, card.backend, card.context_length) == (BUILTIN_MODEL_ID, "cpu-transformers", 8192)
 
 
-def test_the_detokenizer_holds_back_half_a_character_and_the_start_of_a_stop_string(tokenizer):
+async def test_the_detokenizer_holds_back_half_a_character_and_the_start_of_a_stop_string(tokenizer):
     text = "Hi 🙂 there, the end of it"
     detok = IncrementalDetokenizer(tokenizer, stop=("the end",))
     pieces = [detok.add([i]) for i in tokenizer(text)["input_ids"]]
@@ -187,14 +190,14 @@ class _FakeHost(Probe):
         return self._npu
 
 
-def test_auto_picks_the_cpu_backend_on_this_host():
+async def test_auto_picks_the_cpu_backend_on_this_host():
     assert select_backend("auto") == "cpu-transformers"
     assert select_backend("auto", probe=_FakeHost(cuda=True)) == "cuda-transformers"
     assert select_backend("auto", probe=_FakeHost(npu=True)) == "ascend-transformers"
     assert select_backend("cuda-vllm") == "cuda-vllm"
 
 
-def test_the_factory_builds_a_cpu_engine_on_the_builtin_model(builtin_model_dir):
+async def test_the_factory_builds_a_cpu_engine_on_the_builtin_model(builtin_model_dir):
     engine = create_engine("auto", models_dir=builtin_model_dir.parent, max_concurrency=2)
     assert isinstance(engine, TransformersEngine)
     assert engine.models()[0].id == BUILTIN_MODEL_ID
@@ -205,12 +208,12 @@ def test_the_factory_builds_a_cpu_engine_on_the_builtin_model(builtin_model_dir)
     ("cuda-vllm", "not available in this build"),
     ("ascend-vllm", "not available in this build"),
 ])
-def test_backends_this_host_cannot_run_fail_naming_what_is_missing(tmp_path, backend, missing):
+async def test_backends_this_host_cannot_run_fail_naming_what_is_missing(tmp_path, backend, missing):
     with pytest.raises(EngineError, match=backend) as info:
         create_engine(backend, models_dir=tmp_path, max_concurrency=1)
     assert missing in info.value.message
 
 
-def test_an_unknown_backend_name_is_an_error():
+async def test_an_unknown_backend_name_is_an_error():
     with pytest.raises(EngineError, match="unknown backend"):
         select_backend("tpu-jax")

@@ -1,0 +1,37 @@
+"""What ships in packaging/: the default config, the quick-start config and the systemd unit."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cynode.config import load_config
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+
+
+def test_the_shipped_node_toml_is_exactly_the_defaults():
+    shipped = load_config(PACKAGING / "node.toml", {})
+    assert shipped.model_dump() == load_config(None, {}).model_dump()
+
+
+def test_the_quick_start_config_runs_everything_with_an_embedded_redis():
+    config = load_config(PACKAGING / "single-node.toml", {})
+    assert config.redis.embedded and config.node.roles == ("gateway", "coordinator", "worker")
+    assert not config.node.data_dir.is_absolute()
+
+
+def test_the_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing (apt-get install systemd): the unit cannot be checked")
+    cynode = Path(sys.executable).with_name("cynode")
+    unit = tmp_path / "cynode.service"
+    unit.write_text((PACKAGING / "cynode.service").read_text().replace("/usr/local/bin/cynode", str(cynode)))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Type=notify" in unit.read_text()
