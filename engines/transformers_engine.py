@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,32 +41,34 @@ from cynode.errors import EngineError, RequestError
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text deltas that never need taking back.
 
-    Decoding all ids each time (rather than token by token) keeps multi-token characters and
-    tokenizer spacing right. Two tails are held back until more tokens decide them: U+FFFD, which is
-    a character whose UTF-8 bytes are still arriving, and any prefix of a stop string.
+    Each step decodes only a short window (vLLM's prefix/read offsets), so a long answer costs the
+    event loop the same per token as a short one, while multi-token characters and tokenizer spacing
+    still come out as a full decode would give them. Held back until more tokens decide them: an
+    incomplete UTF-8 character (decoded as U+FFFD) and any tail that could start a stop string.
     """
 
     def __init__(self, tokenizer, stop: tuple[str, ...] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
         self.ids: list[int] = []
-        self.text = ""
+        self.text = ""  # decoded so far; cut before the stop string once one appears
         self.sent = 0  # characters of `text` already handed out
-        self.stopped = False  # a stop string appeared; `text` is cut before it
+        self.stopped = False
+        self._prefix = self._read = 0  # window: ids[_prefix:_read] are decoded into `text` already
 
     def add(self, ids: list[int]) -> str:
         """Take new ids; return the text that became safe to show."""
         if self.stopped:
             return ""
         self.ids.extend(ids)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        self._decode(final=False)
+        # A stop string can only start at or after `sent`: any earlier start would have been held back.
+        cut = min((i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
-            self.stopped = True
-            self.text = self.text[:max(cut, self.sent)]
+            self.stopped, self.text = True, self.text[:cut]
             return ""  # flush() hands out the rest
-        end = len(self.text.rstrip("\ufffd"))
-        end -= max((k for s in self.stop for k in range(1, len(s)) if self.text[:end].endswith(s[:k])), default=0)
+        end = len(self.text)
+        end -= max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
         if end <= self.sent:
             return ""
         new, self.sent = self.text[self.sent:end], end
@@ -74,8 +76,18 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """The held-back tail: the stream ends, so nothing more can complete it."""
+        if not self.stopped:
+            self._decode(final=True)
         new, self.sent = self.text[self.sent:], len(self.text)
         return new
+
+    def _decode(self, final: bool) -> None:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        window = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(window) > len(before) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
 
 
 class _Run:
@@ -151,14 +163,11 @@ class _Sampler(LogitsProcessor):
 
 
 def _check_sampling(s: SamplingParams) -> None:
-    problems = [
-        ("temperature", s.temperature < 0, "must be >= 0"),
-        ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
-        ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
-        ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
-        ("repetition_penalty", s.repetition_penalty <= 0, "must be > 0"),
-    ]
-    for param, bad, rule in problems:
+    for param, bad, rule in (("temperature", s.temperature < 0, "must be >= 0"),
+                             ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
+                             ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
+                             ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
+                             ("repetition_penalty", s.repetition_penalty <= 0, "must be > 0")):
         if bad:
             raise RequestError(f"{param} {rule}, got {getattr(s, param)!r}", status=400, param=param)
 
@@ -214,10 +223,8 @@ class TransformersEngine(InferenceEngine):
         except Exception as exc:
             raise EngineError(f"model {self.model_id}: loading {self.model_dir} on {self.device} failed: {exc}") from exc
         eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos_ids.add(tokenizer.eos_token_id)
-        self._eos_ids = frozenset(eos_ids)
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self._eos_ids = frozenset(eos_ids - {None})
         self._context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._tokenizer, self._model = tokenizer, model
 
@@ -332,10 +339,9 @@ class TransformersEngine(InferenceEngine):
             # next step and its slot is released when it returns (_slot_freed).
             run.cancel.set()
             runs = self._runs.get(run.request_id, [])
-            if run in runs:
-                runs.remove(run)
-            if not runs:
-                self._runs.pop(run.request_id, None)
+            self._runs[run.request_id] = [r for r in runs if r is not run]
+            if not self._runs[run.request_id]:
+                del self._runs[run.request_id]
 
     def _finish_reason(self, detok: IncrementalDetokenizer, max_new: int) -> str:
         if detok.ids and detok.ids[-1] in self._eos_ids:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .types import Address, Duration, split_host_port
+from .types import Address, Duration, LocalPath, split_host_port
 
 ROLE_NAMES = ("gateway", "coordinator", "worker")
 BACKEND_NAMES = (
@@ -39,7 +39,7 @@ class NodeSection(Section):
     """This node's name in the cluster; default: the host name."""
     roles: tuple[Literal["gateway", "coordinator", "worker"], ...] = ROLE_NAMES
     """Roles this node plays: any of gateway, coordinator, worker."""
-    data_dir: Path = Path("/var/lib/cynode")
+    data_dir: LocalPath = Path("/var/lib/cynode")
     """Models, adapters, keys and embedded Redis data live here (relative paths: from the working directory)."""
     advertise: str = ""
     """Address peers use to reach this node; default: the bind address of each service."""
@@ -70,7 +70,7 @@ class ClusterSection(Section):
     """Cluster name; nodes of another cluster never merge with this one."""
     seeds: tuple[Address, ...] = ()
     """host:port gossip addresses of peers to join through."""
-    key_file: Path | None = None
+    key_file: LocalPath | None = None
     """Cluster key file (base64 32-byte keys, one per line); default <data_dir>/cluster.key, made on first start."""
 
 
@@ -108,7 +108,7 @@ class RedisSection(Section):
 class GatewaySection(Section):
     listen: Address = "0.0.0.0:8080"
     """HTTP address of the OpenAI-compatible API."""
-    api_keys_file: Path | None = None
+    api_keys_file: LocalPath | None = None
     """API-key file (TOML); default <data_dir>/api-keys.toml, written with one admin key on first start. Auth is always on."""
     coordinator: str = ""
     """host:port of a coordinator to use; default: the leader found through Redis."""
@@ -186,9 +186,9 @@ class WorkerSection(Section):
     """gRPC address of the worker service."""
     backend: Literal[BACKEND_NAMES] = "auto"  # type: ignore[valid-type]
     """Inference backend (cpu-transformers, cuda-vllm, ...); auto picks from what the host has."""
-    model_registry: Path | None = None
+    model_registry: LocalPath | None = None
     """models.json listing the models this worker serves; default: the built-in model only."""
-    models_dir: Path | None = None
+    models_dir: LocalPath | None = None
     """Where converted models are kept; default <data_dir>/models."""
     weight: int = Field(default=100, ge=1)
     """Share of assignments relative to other workers."""

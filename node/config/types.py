@@ -7,6 +7,7 @@ Addresses are "host:port" strings; IPv6 hosts go in brackets ("[::1]:8080").
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
@@ -65,6 +66,14 @@ def _check_address(value: str) -> str:
 
 Address = Annotated[str, AfterValidator(_check_address)]
 """A "host:port" string."""
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().absolute()
+
+
+LocalPath = Annotated[Path, AfterValidator(_absolute)]
+"""A filesystem path; relative ones are taken from the working directory at start-up and made absolute."""
 
 
 def join_host_port(host: str, port: int) -> str:

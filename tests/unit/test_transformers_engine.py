@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 
 from cynode.engines import (
-    BUILTIN_ALIASES, BUILTIN_MODEL_ID, ChatMessage, GenerationRequest, SamplingParams, create_engine, select_backend,
+    BUILTIN_ALIASES, BUILTIN_MODEL_ID, ChatMessage, GenerationRequest, Probe, SamplingParams, create_engine,
+    select_backend,
 )
-from cynode.engines.factory import Probe
 from cynode.engines.transformers_engine import IncrementalDetokenizer, TransformersEngine
 from cynode.errors import EngineError, RequestError
 
@@ -124,6 +124,23 @@ async def test_closing_the_stream_early_frees_the_slot_and_the_engine_keeps_work
     assert "Paris" in text
 
 
+async def test_cancelling_the_consuming_task_frees_the_slot(engine):
+    await wait_idle(engine)
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.generate(chat("Write a long story about a dragon.", max_tokens=400)):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_idle(engine) < 2.0
+    assert engine.active_requests == 0
+
+
 async def test_abort_ends_a_running_stream_with_finish_reason_abort(engine):
     request = chat("Write a long story about a dragon.", max_tokens=400)
     deltas = []
@@ -164,6 +181,21 @@ async def test_a_seed_makes_a_sampled_request_repeatable_even_beside_other_reque
     assert len(other_seeds | {first}) > 1
 
 
+async def test_closing_the_engine_ends_running_streams_with_abort_and_can_be_repeated(builtin_model_dir):
+    own = TransformersEngine(builtin_model_dir, BUILTIN_MODEL_ID, max_concurrency=2)
+    await own.start()
+    stream = own.generate(chat("Write a long story about a dragon.", max_tokens=400))
+    await anext(stream)
+    await own.close()
+    rest = [delta async for delta in stream]
+    assert rest[-1].finish_reason == "abort"
+    assert own.active_requests == 0
+    assert not own.health().ready
+    await own.close()
+    with pytest.raises(EngineError):
+        await collect(own, chat(FRANCE))
+
+
 async def test_health_reports_ready_with_one_model_card_carrying_the_context_length(engine):
     assert engine.health().ready
     [card] = engine.models()
@@ -177,6 +209,36 @@ async def test_the_detokenizer_holds_back_half_a_character_and_the_start_of_a_st
     assert not any("\ufffd" in p for p in pieces)
     assert detok.stopped
     assert "".join(pieces) + detok.flush() == "Hi 🙂 there, "
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+async def test_the_detokenizer_streams_exactly_the_text_a_full_decode_gives(tokenizer, chunk):
+    text = "Crème brûlée, 北京 and 🙂🚀 — “quoted” text.\n  Indented line."
+    ids = tokenizer(text)["input_ids"]
+    detok = IncrementalDetokenizer(tokenizer)
+    pieces = [detok.add(ids[i:i + chunk]) for i in range(0, len(ids), chunk)] + [detok.flush()]
+    assert not any("\ufffd" in p for p in pieces)
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+async def test_a_request_waiting_for_a_slot_can_be_aborted_and_ends_with_abort(engine):
+    await wait_idle(engine)
+    running = [engine.generate(chat("Write a long story about a dragon.", max_tokens=400)) for _ in range(4)]
+    try:
+        for stream in running:
+            await anext(stream)
+        waiting = chat("Write a long story about a dragon.", max_tokens=400)
+        task = asyncio.create_task(collect(engine, waiting))
+        while engine.waiting_requests < 1:
+            await asyncio.sleep(0.01)
+        assert engine.active_requests == 4
+        await engine.abort(waiting.request_id)
+        text, last = await asyncio.wait_for(task, 2.0)
+        assert (text, last.finish_reason, last.usage.completion_tokens) == ("", "abort", 0)
+    finally:
+        for stream in running:
+            await stream.aclose()
+    assert await wait_idle(engine) < 2.0
 
 
 class _FakeHost(Probe):
