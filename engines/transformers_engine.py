@@ -31,6 +31,7 @@ from transformers.generation import (
     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
 )
 from transformers.generation.streamers import BaseStreamer
+from transformers.utils import logging as hf_logging
 
 from cynode.engines.base import (
     EngineHealth, GenerationRequest, InferenceEngine, ModelCard, SamplingParams, TokenDelta, Usage,
@@ -216,6 +217,7 @@ class TransformersEngine(InferenceEngine):
         dtype = getattr(torch, self.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise EngineError(f"model {self.model_id}: unknown dtype {self.dtype!r} (try float32 or bfloat16)")
+        hf_logging.disable_progress_bar()  # progress bars would flood the daemon's log
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, local_files_only=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 import grpc.aio
 
-from cynode.config import split_host_port
 from cynode.engines import create_engine, select_backend
 from cynode.engines.base import InferenceEngine
 from cynode.errors import CynodeError, StartupError
@@ -34,8 +34,9 @@ class WorkerRole(Role):
         backend = select_backend(self._config.backend)
         log.info("worker backend %s (asked for %s)", backend, self._config.backend)
         try:
-            self._engine = create_engine(
-                backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency
+            # Blocking: the first start converts the built-in model (about 20 s).
+            self._engine = await asyncio.to_thread(
+                create_engine, backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency
             )
             await self._engine.start()
         except CynodeError as exc:
@@ -46,9 +47,8 @@ class WorkerRole(Role):
         service = WorkerService(self._ctx.config.node.id, engine, self._metrics, self._config.max_concurrency)
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
-        host, port = split_host_port(self._config.listen)
         if self._server.add_insecure_port(self._config.listen) == 0:
-            raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port {port} in use?)")
+            raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port in use?)")
         await self._server.start()
         log.info("worker serving %s on %s", ", ".join(m.id for m in engine.models()), self._config.listen)
 
