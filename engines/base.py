@@ -43,13 +43,19 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Exactly one of `messages` (chat, rendered with the model's chat template) or `prompt`."""
+    """Exactly one of `messages` (chat, rendered with the model's chat template) or `prompt`.
+
+    `continuation` is text the model already produced for this request on another worker (a
+    migration): it goes right after the rendered prompt, as the start of the answer, and the
+    engine generates what follows. It is not streamed again.
+    """
 
     request_id: str
     model: str
     messages: tuple[ChatMessage, ...] = ()
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    continuation: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class ModelCard:
     context_length: int
     aliases: tuple[str, ...] = ()
     loaded: bool = True
+    version: str = ""  # changes whenever the weights do; part of the prompt-cache key
 
 
 @dataclass(frozen=True)

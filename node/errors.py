@@ -6,6 +6,7 @@
     ├── AuthError              missing/unknown API key, or a scope the key lacks
     ├── RequestError           a bad client request (400, 404, 413, 422)
     ├── UnavailableError       no leader, no healthy worker, Redis down (retryable)
+    │   └── CapacityError      the queue is full: HTTP 429 with Retry-After
     └── EngineError            an inference engine failed to load or generate
 
 Foreign errors (redis, grpc, torch) are translated into these at one boundary each.
@@ -66,6 +67,10 @@ class UnavailableError(CynodeError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CapacityError(UnavailableError):
+    """Every worker is busy and the queue is full; come back after `retry_after` seconds."""
 
 
 class EngineError(CynodeError):

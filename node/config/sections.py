@@ -132,6 +132,10 @@ class TaskQueueSection(Section):
     """Most queued requests before new ones get 429."""
     default_priority: int = 0
     """Priority of requests whose key sets none (higher runs first)."""
+    max_retries: int = Field(default=3, ge=1)
+    """Attempts a task gets before it moves to the dead-letter set."""
+    lease_ttl: Duration = 30.0
+    """How long an assignment lives without a heartbeat before its task is requeued."""
 
 
 class PromptCacheSection(Section):
@@ -140,7 +144,11 @@ class PromptCacheSection(Section):
     ttl: Duration = 1800.0
     """How long a cached response lives."""
     max_size: int = Field(default=10000, ge=1)
-    """Most cached responses kept."""
+    """Most cached responses kept (least recently used go first)."""
+    nondeterministic: bool = False
+    """Also cache sampled requests without a seed (they would then always get the same answer)."""
+    redis_url: str = ""
+    """A separate Redis for the cache (it wants allkeys-lru, the queue noeviction); default: [redis] url."""
 
 
 class StaticWorker(Section):

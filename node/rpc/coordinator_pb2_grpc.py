@@ -39,15 +39,30 @@ class CoordinatorStub:
                 request_serializer=cynode_dot_rpc_dot_coordinator__pb2.AdmitRequest.SerializeToString,
                 response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.AdmitReply.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/cynode.v1.Coordinator/Heartbeat',
+                request_serializer=cynode_dot_rpc_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
         self.Complete = channel.unary_unary(
                 '/cynode.v1.Coordinator/Complete',
                 request_serializer=cynode_dot_rpc_dot_coordinator__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.CompleteReply.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/cynode.v1.Coordinator/Cancel',
+                request_serializer=cynode_dot_rpc_dot_coordinator__pb2.CancelRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.CancelReply.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cynode.v1.Coordinator/ListModels',
                 request_serializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/cynode.v1.Coordinator/Status',
+                request_serializer=cynode_dot_rpc_dot_coordinator__pb2.StatusRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
@@ -55,14 +70,31 @@ class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Admit(self, request, context):
-        """Decide where a request runs: an assignment with a lease.
+        """Decide where a request runs. Answers with a cached response, or waits in the priority queue
+        until a worker has room and answers with an assignment under a lease. Idempotent on
+        idempotency_key: asking again (after a leader failover, say) finds the same task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Keep an assignment's lease alive while its stream runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Complete(self, request, context):
-        """Report the end of an assigned request (usage, success) and release its lease.
+        """Report the end of an assigned request (usage, text for the cache) and release its lease.
+        A failure puts the task back in the queue, or in the dead-letter set after max_retries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Give up on a task (the client went away).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +102,13 @@ class CoordinatorServicer:
 
     def ListModels(self, request, context):
         """Models served by healthy workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Leader, queue and workers, for `cynode status`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,15 +122,30 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.AdmitRequest.FromString,
                     response_serializer=cynode_dot_rpc_dot_coordinator__pb2.AdmitReply.SerializeToString,
             ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.HeartbeatRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_coordinator__pb2.HeartbeatReply.SerializeToString,
+            ),
             'Complete': grpc.unary_unary_rpc_method_handler(
                     servicer.Complete,
                     request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.CompleteRequest.FromString,
                     response_serializer=cynode_dot_rpc_dot_coordinator__pb2.CompleteReply.SerializeToString,
             ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.CancelRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_coordinator__pb2.CancelReply.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.FromString,
                     response_serializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.StatusRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_coordinator__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +186,33 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Coordinator/Heartbeat',
+            cynode_dot_rpc_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+            cynode_dot_rpc_dot_coordinator__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Complete(request,
             target,
             options=(),
@@ -159,6 +240,33 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Coordinator/Cancel',
+            cynode_dot_rpc_dot_coordinator__pb2.CancelRequest.SerializeToString,
+            cynode_dot_rpc_dot_coordinator__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListModels(request,
             target,
             options=(),
@@ -175,6 +283,33 @@ class Coordinator:
             '/cynode.v1.Coordinator/ListModels',
             cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
             cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Coordinator/Status',
+            cynode_dot_rpc_dot_coordinator__pb2.StatusRequest.SerializeToString,
+            cynode_dot_rpc_dot_coordinator__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "prompt", "sampling", "lease_id", "epoch")
+    __slots__ = ("request_id", "model", "messages", "prompt", "sampling", "lease_id", "epoch", "resume_text", "resume_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class PredictRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TEXT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
@@ -23,7 +25,9 @@ class PredictRequest(_message.Message):
     sampling: _common_pb2.SamplingParams
     lease_id: str
     epoch: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    resume_text: str
+    resume_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resume_text: _Optional[str] = ..., resume_tokens: _Optional[int] = ...) -> None: ...
 
 class PredictChunk(_message.Message):
     __slots__ = ("text", "token_ids", "finish_reason", "usage")

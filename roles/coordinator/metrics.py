@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from cynode.telemetry import Telemetry
 
@@ -16,6 +16,9 @@ class CoordinatorMetrics:
     workers_healthy: Gauge
     leader_epoch: Gauge
     is_leader: Gauge
+    cache_hit_rate: Gauge
+    queue_pending: Gauge
+    queue_wait: Histogram
 
     @classmethod
     def register(cls, telemetry: Telemetry) -> "CoordinatorMetrics":
@@ -25,4 +28,7 @@ class CoordinatorMetrics:
             workers_healthy=telemetry.gauge("coordinator_workers_healthy", "Workers passing health checks"),
             leader_epoch=telemetry.gauge("coordinator_leader_epoch", "Fencing epoch of this node's last leadership"),
             is_leader=telemetry.gauge("coordinator_is_leader", "1 while this node leads"),
+            cache_hit_rate=telemetry.gauge("coordinator_cache_hit_rate", "Prompt-cache hits / lookups since start"),
+            queue_pending=telemetry.gauge("coordinator_queue_pending", "Tasks waiting in the priority queue"),
+            queue_wait=telemetry.histogram("coordinator_queue_wait_seconds", "Seconds a request waited for a worker"),
         )

@@ -1,14 +1,21 @@
-"""The worker pool: health checks over gRPC and smooth weighted round-robin among healthy workers.
+"""The worker pool: health checks over gRPC, circuit breakers, and the choice of a worker.
 
 Workers come from `[[coordinator.workers]]`, the node's own worker, and (with gossip) peers.
 A worker is healthy while its Health call answers `ready` within `health_check_timeout`; after
-`max_retries` failures in a row it gets no assignments until a check succeeds again.
+`max_retries` failures in a row it gets no assignments until a check succeeds again. Request
+failures feed a circuit breaker per worker; an open breaker also keeps the worker out.
+
+Choice: among healthy workers with a closed (or probing) breaker, serving the model and with a free
+slot, prefer the one the prompt prefix hashes to (its KV/prefix cache is warm) unless it is much
+busier than the least busy candidate; otherwise smooth weighted round-robin (nginx's), weighted by
+configured weight and free capacity.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +24,8 @@ import grpc
 import grpc.aio
 
 from cynode.rpc import worker_pb2, worker_pb2_grpc
+
+from .breaker import BreakerSettings, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,8 @@ class WorkerState:
     failures: int = 0
     models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> aliases
     context_lengths: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     active: int = 0  # engine's own count, from the last health check
     capacity: int = 1
     leased: int = 0  # assignments made since, not yet completed
@@ -45,10 +56,18 @@ class WorkerState:
         return None
 
     @property
+    def load(self) -> float:
+        """Fraction of slots in use, by the worker's own count or our leases, whichever is higher."""
+        return max(self.active, self.leased) / max(self.capacity, 1)
+
+    @property
+    def has_room(self) -> bool:
+        return self.leased < self.capacity
+
+    @property
     def effective_weight(self) -> float:
         # Configured weight scaled by free capacity, so a busy worker gets proportionally less.
-        free = max(self.capacity - max(self.active, self.leased), 0) / max(self.capacity, 1)
-        return self.weight * (0.1 + 0.9 * free)
+        return self.weight * (0.1 + 0.9 * max(0.0, 1.0 - self.load))
 
 
 class WorkerPool:
@@ -59,46 +78,68 @@ class WorkerPool:
         interval: float,
         timeout: float,
         max_failures: int,
+        breaker: BreakerSettings = BreakerSettings(),
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._channel_factory = channel_factory
         self._interval = interval
         self._timeout = timeout
         self._max_failures = max(1, max_failures)
+        self._breaker = breaker
+        self._clock = clock
         self.workers: dict[str, WorkerState] = {}
         self._checked = asyncio.Event()
 
     def add(self, worker_id: str, address: str, weight: int, tags: Iterable[str] = ()) -> None:
         if worker_id not in self.workers:
-            self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address))
+            breaker = CircuitBreaker(self._breaker, self._clock) if self._clock else CircuitBreaker(self._breaker)
+            self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address),
+                                                  breaker=breaker)
 
     def healthy(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.healthy]
 
-    def models(self) -> dict[str, tuple[tuple[str, ...], int]]:
-        """Every model a healthy worker serves: id -> (aliases, context length)."""
-        found: dict[str, tuple[tuple[str, ...], int]] = {}
+    def models(self) -> dict[str, tuple[tuple[str, ...], int, str]]:
+        """Every model a healthy worker serves: id -> (aliases, context length, version)."""
+        found: dict[str, tuple[tuple[str, ...], int, str]] = {}
         for worker in self.healthy():
             for model_id, aliases in worker.models.items():
-                found.setdefault(model_id, (aliases, worker.context_lengths.get(model_id, 0)))
+                found.setdefault(model_id, (aliases, worker.context_lengths.get(model_id, 0), worker.versions.get(model_id, "")))
         return found
 
-    def knows(self, model: str) -> bool:
-        return any(w.serves(model) for w in self.workers.values())
+    def resolve(self, model: str) -> tuple[str, str] | None:
+        """(canonical id, version) of `model` (an id or alias) if any worker has served it."""
+        for worker in self.workers.values():
+            model_id = worker.serves(model)
+            if model_id:
+                return model_id, worker.versions.get(model_id, "")
+        return None
 
-    def pick(self, model: str, exclude: Iterable[str] = ()) -> tuple[WorkerState, str] | None:
-        """Smooth weighted round-robin (nginx's) over healthy workers serving `model`."""
+    def candidates(self, model: str, exclude: Iterable[str] = ()) -> list[WorkerState]:
+        """Workers that could take a request for `model` right now."""
         excluded = set(exclude)
-        candidates = [(w, w.serves(model)) for w in self.healthy() if w.id not in excluded]
-        candidates = [(w, m) for w, m in candidates if m]
+        return [w for w in self.healthy()
+                if w.id not in excluded and w.serves(model) and w.has_room and w.breaker.allows()]
+
+    def pick(self, model: str, exclude: Iterable[str] = (), prefix: str = "") -> tuple[WorkerState, str] | None:
+        """The worker for the next request for `model`, or None if none has room."""
+        candidates = self.candidates(model, exclude)
         if not candidates:
             return None
+        chosen = _affine(candidates, prefix) if prefix else None
+        if chosen is None:
+            chosen = self._round_robin(candidates)
+        chosen.breaker.on_assign()
+        return chosen, chosen.serves(model) or model
+
+    def _round_robin(self, candidates: list[WorkerState]) -> WorkerState:
         total = 0.0
-        for worker, _ in candidates:
+        for worker in candidates:
             worker.current += worker.effective_weight
             total += worker.effective_weight
-        chosen, model_id = max(candidates, key=lambda c: c[0].current)
+        chosen = max(candidates, key=lambda w: w.current)
         chosen.current -= total
-        return chosen, model_id
+        return chosen
 
     async def wait_first_check(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -126,6 +167,7 @@ class WorkerPool:
         worker.healthy, worker.failures = True, 0
         worker.models = {m.id: tuple(m.aliases) for m in reply.models}
         worker.context_lengths = {m.id: m.context_length for m in reply.models}
+        worker.versions = {m.id: m.version for m in reply.models}
         worker.active, worker.capacity = reply.active_requests, max(reply.max_concurrency, 1)
 
     def _failed(self, worker: WorkerState, reason: str) -> None:
@@ -140,3 +182,14 @@ class WorkerPool:
         for worker in self.workers.values():
             if worker.channel is not None:
                 await worker.channel.close()
+
+
+# A preferred worker keeps its prefix traffic until it is this much busier than the least busy one.
+AFFINITY_SLACK = 0.5
+
+
+def _affine(candidates: list[WorkerState], prefix: str) -> WorkerState | None:
+    """Rendezvous hashing of the prompt prefix over the candidates, with a load-aware fallback."""
+    preferred = max(candidates, key=lambda w: hashlib.blake2b(f"{prefix}|{w.id}".encode(), digest_size=8).digest())
+    least = min(w.load for w in candidates)
+    return preferred if preferred.load - least <= AFFINITY_SLACK else None

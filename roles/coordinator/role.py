@@ -13,11 +13,15 @@ from cynode.errors import StartupError
 from cynode.role import Role, RoleContext
 from cynode.rpc import coordinator_pb2_grpc
 
+from cynode.redis_conn import RedisConnection
+
+from .dispatcher import Dispatcher
 from .leader import LeaderElection
-from .leases import LeaseStore
 from .metrics import CoordinatorMetrics
 from .pool import WorkerPool
+from .prompt_cache import PromptCache
 from .service import CoordinatorService
+from .task_queue import FencedError, TaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,32 @@ class CoordinatorRole(Role):
             ttl=self._config.leader_ttl,
             on_change=self._leadership_changed,
         )
+        queue_cfg, cache_cfg = self._config.task_queue, self._config.prompt_cache
+        self._queue = TaskQueue(ctx.redis, lambda: self._election.epoch, max_size=queue_cfg.max_size,
+                                max_retries=queue_cfg.max_retries)
+        self._dispatcher = Dispatcher(self._queue, self._pool, lease_ttl=queue_cfg.lease_ttl,
+                                      is_leader=lambda: self._election.is_leader)
+        self._cache_redis: RedisConnection | None = None
+        self._cache: PromptCache | None = None
+        if cache_cfg.enabled:
+            cache_redis = ctx.redis
+            if cache_cfg.redis_url:
+                cache_redis = self._cache_redis = RedisConnection(cache_cfg.redis_url, ctx.config.cluster.name)
+            self._cache = PromptCache(cache_redis, ttl=cache_cfg.ttl, max_size=cache_cfg.max_size)
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
+        self._rebuild: asyncio.Task | None = None
 
     async def start(self) -> None:
+        if self._cache_redis is not None:
+            await self._cache_redis.connect()
         self._metrics.workers_healthy.set_function(lambda: len(self._pool.healthy()))
-        service = CoordinatorService(self._election, self._pool, LeaseStore(self._ctx.redis), self._metrics)
+        self._metrics.queue_pending.set_function(lambda: self._dispatcher.pending)
+        service = CoordinatorService(
+            redis=self._ctx.redis, election=self._election, pool=self._pool, queue=self._queue,
+            dispatcher=self._dispatcher, cache=self._cache, cache_nondeterministic=self._config.prompt_cache.nondeterministic,
+            lease_ttl=self._config.task_queue.lease_ttl, metrics=self._metrics,
+        )
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, self._server)
         if self._server.add_insecure_port(self._config.listen) == 0:
@@ -64,6 +88,7 @@ class CoordinatorRole(Role):
         self._tasks = [
             asyncio.create_task(_logged(self._pool.run(), "worker health checks"), name="coordinator-pool"),
             asyncio.create_task(_logged(self._election.run(), "leader election"), name="coordinator-election"),
+            asyncio.create_task(_logged(self._dispatcher.run(), "dispatcher"), name="coordinator-dispatch"),
         ]
         await self._pool.wait_first_check(self._config.health_check_timeout + 1)
         log.info("coordinator on %s with %d worker(s) known", self._config.listen, len(self._pool.workers))
@@ -72,6 +97,10 @@ class CoordinatorRole(Role):
         self._metrics.is_leader.set(1 if leading else 0)
         if leading:
             self._metrics.leader_epoch.set(epoch)
+            # In-flight counts come back from Redis (and workers' own reports via health checks).
+            self._rebuild = asyncio.create_task(_logged(self._dispatcher.rebuild(), "lease rebuild"), name="coordinator-rebuild")
+        else:
+            self._dispatcher.step_down(FencedError("leadership lost; ask the new leader"))
 
     async def drain(self, timeout: float) -> None:
         # Admit/Complete calls are short; a grace of a few seconds lets gateways finish their reports.
@@ -79,15 +108,19 @@ class CoordinatorRole(Role):
             await self._server.stop(grace=min(timeout, 5.0))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + ([self._rebuild] if self._rebuild else [])
+        self._dispatcher.step_down(FencedError("this coordinator is shutting down"))
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._election.release()
         if self._server:
             await self._server.stop(grace=None)
         await self._pool.close()
+        if self._cache_redis is not None:
+            await self._cache_redis.close()
 
     def readiness(self) -> tuple[bool, str]:
         healthy = len(self._pool.healthy())

@@ -8,9 +8,10 @@ import time
 
 from aiohttp import web
 
-from cynode.errors import AuthError, CynodeError, RequestError, UnavailableError
+from cynode.errors import AuthError, CapacityError, CynodeError, RequestError, UnavailableError
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
+from cynode.rpc import coordinator_pb2
 
 from . import openai_format as fmt
 from .chat import chat_completions
@@ -35,7 +36,7 @@ def build_app(state: GatewayState, redis: RedisConnection | None, node_routes: l
 async def list_models(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     key = state.authenticate(request, "inference")
-    models = await state.upstream.list_models()
+    models = (await state.upstream.call("ListModels", coordinator_pb2.ListModelsRequest())).models
     created = int(time.time())
     visible = [(m.id, "cynode") for m in models if key.allows_model(m.id)]
     return web.json_response(fmt.model_list(visible, created))
@@ -68,6 +69,9 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
         response = _error(exc.status, exc.message, code=exc.code)
     except RequestError as exc:
         response = _error(exc.status, exc.message, param=exc.param, code=exc.code)
+    except CapacityError as exc:
+        retry = {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
+        response = _error(429, exc.message, code="queue_full", headers=retry)
     except UnavailableError as exc:
         retry = {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
         response = _error(503, exc.message, code="unavailable", headers=retry)

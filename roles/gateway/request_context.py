@@ -61,6 +61,7 @@ class GatewayState:
     keys: ApiKeyStore
     upstream: Upstream
     metrics: GatewayMetrics
+    default_priority: int = 0
     in_flight: InFlight = field(default_factory=InFlight)
 
     def authenticate(self, request: web.Request, scope: str) -> ApiKey:
@@ -80,6 +81,7 @@ class GatewayState:
                 status=413, code="request_too_large",
             ) from None
 
-    def record(self, ok: bool, usage) -> None:
-        self.metrics.completions.labels("ok" if ok else "failed").inc()
-        self.metrics.tokens.inc(usage.completion_tokens)
+    def record(self, completion) -> None:
+        outcome = "cached" if completion.cached else ("migrated" if completion.migrations else "ok")
+        self.metrics.completions.labels(outcome).inc()
+        self.metrics.tokens.inc(completion.completion_tokens)

@@ -38,7 +38,8 @@ class GatewayRole(Role):
             print(f"cynode: wrote a new admin API key to {path}", flush=True)
         keys = ApiKeyStore.load(path)  # ConfigError names the file and entry
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
-        self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry))
+        self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
+                                   default_priority=self._ctx.config.coordinator.task_queue.default_priority)
         app = build_app(self._state, self._ctx.redis, node_routes(self._ctx.telemetry, self._ctx.readiness))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()

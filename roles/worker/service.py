@@ -53,8 +53,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         tokens += len(delta.token_ids)
                     chunk = worker_pb2.PredictChunk(text=delta.text, token_ids=delta.token_ids, finish_reason=delta.finish_reason or "")
                     if delta.usage is not None:
+                        # A resumed request's earlier tokens are part of the answer, not of the prompt.
+                        resumed = min(request.resume_tokens, delta.usage.prompt_tokens)
                         chunk.usage.CopyFrom(common_pb2.Usage(
-                            prompt_tokens=delta.usage.prompt_tokens, completion_tokens=delta.usage.completion_tokens
+                            prompt_tokens=delta.usage.prompt_tokens - resumed,
+                            completion_tokens=delta.usage.completion_tokens + resumed,
                         ))
                     yield chunk
         except RequestError as exc:
@@ -72,7 +75,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Health(self, request: worker_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> worker_pb2.HealthReply:
         health = self._engine.health()
         models = [
-            common_pb2.ModelInfo(id=m.id, aliases=m.aliases, backend=m.backend, context_length=m.context_length, loaded=m.loaded)
+            common_pb2.ModelInfo(id=m.id, aliases=m.aliases, backend=m.backend, context_length=m.context_length,
+                                 loaded=m.loaded, version=m.version)
             for m in self._engine.models()
         ]
         return worker_pb2.HealthReply(
@@ -100,4 +104,5 @@ def _to_generation(request: worker_pb2.PredictRequest) -> GenerationRequest:
         messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
         prompt=request.prompt or None,
         sampling=sampling,
+        continuation=request.resume_text,
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
 from cynode.roles.coordinator.leader import LeaderElection
-from cynode.roles.coordinator.leases import LeaseStore
+from cynode.roles.coordinator.task_queue import FencedError, TaskQueue
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
@@ -49,11 +51,12 @@ async def test_one_of_two_candidates_leads_and_the_other_takes_over_on_release(r
             await conn.close()
 
 
-async def test_a_deposed_leader_cannot_grant_leases(redis_server):
+async def test_a_deposed_leader_cannot_queue_or_claim_tasks(redis_server):
     conn = RedisConnection(redis_server.url, f"fence-{id(object())}")
     old = LeaderElection(conn, node_id="old", boot_id="1", address="127.0.0.1:1", ttl=0.3)
     new = LeaderElection(conn, node_id="new", boot_id="2", address="127.0.0.1:2", ttl=0.3)
-    leases = LeaseStore(conn)
+    current = {"epoch": 0}
+    queue = TaskQueue(conn, lambda: current["epoch"], max_size=10, max_retries=3)
     try:
         old_task = asyncio.create_task(old.run())
         await _until(lambda: old.is_leader)
@@ -64,8 +67,12 @@ async def test_a_deposed_leader_cannot_grant_leases(redis_server):
         new_task = asyncio.create_task(new.run())
         await _until(lambda: new.is_leader)
         assert not old.is_leader
-        assert await leases.grant(epoch=old_epoch, worker_id="w", model="m", request_id="r") is None
-        assert await leases.grant(epoch=new.epoch, worker_id="w", model="m", request_id="r") is not None
+        current["epoch"] = old_epoch  # the old leader wakes up and writes with its epoch
+        with pytest.raises(FencedError):
+            await queue.enqueue("t", "m")
+        current["epoch"] = new.epoch
+        assert await queue.enqueue("t", "m") == ("t", True)
+        assert await queue.claim("t", "w", "lease", 10) == 1
         new_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await new_task

@@ -1,0 +1,92 @@
+"""The prompt cache on a real Redis: what hits, what misses, TTL, the size bound, faithful replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from cynode.redis_conn import RedisConnection
+from cynode.roles.coordinator.prompt_cache import CachedResponse, PromptCache, cache_key, is_deterministic
+
+MESSAGES = [("system", "Be brief."), ("user", "What is the capital of France?")]
+SAMPLING = {"temperature": 0.0, "max_tokens": 24, "stop": ["\n\n"], "seed": None}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis(redis_server):
+    conn = RedisConnection(redis_server.url, f"cache-{uuid.uuid4().hex[:8]}")
+    yield conn
+    await conn.close()
+
+
+def response(text="The capital of France is Paris.") -> CachedResponse:
+    return CachedResponse(deltas=tuple(text.split(" ")), finish_reason="stop", prompt_tokens=30, completion_tokens=7, model="m")
+
+
+async def test_an_identical_deterministic_request_hits_and_replays_the_original(redis):
+    cache = PromptCache(redis, ttl=60, max_size=10)
+    key = cache_key("m", "v1", MESSAGES, SAMPLING)
+    assert await cache.get(key) is None
+    await cache.put(key, response())
+    replay = await cache.get(cache_key("m", "v1", list(MESSAGES), dict(SAMPLING)))
+    assert replay == response()
+    assert replay.text == "ThecapitalofFranceisParis." and replay.deltas[0] == "The"
+    assert cache.hits == 1 and cache.misses == 1 and cache.hit_rate == 0.5
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "other"},
+    {"version": "v2"},
+    {"adapter": "lora-a@2"},
+    {"messages": [("system", "Be brief."), ("user", "What is the capital of Spain?")]},
+    {"messages": [("user", "What is the capital of France?")]},
+    {"sampling": {**SAMPLING, "max_tokens": 25}},
+    {"sampling": {**SAMPLING, "stop": ["."]}},
+    {"sampling": {**SAMPLING, "seed": 1}},
+    {"sampling": {**SAMPLING, "top_p": 0.5}},
+])
+def test_any_change_of_model_version_adapter_messages_or_sampling_is_another_key(change):
+    base = {"model": "m", "version": "v1", "messages": MESSAGES, "sampling": SAMPLING, "adapter": ""}
+    assert cache_key(**{**base, **change}) != cache_key(**base)
+
+
+def test_only_greedy_or_seeded_requests_count_as_deterministic():
+    assert is_deterministic({"temperature": 0})
+    assert is_deterministic({"temperature": 0.8, "seed": 3})
+    assert not is_deterministic({"temperature": 0.8})
+    assert not is_deterministic({})  # OpenAI's default temperature is 1
+
+
+async def test_entries_expire_after_the_ttl(redis):
+    cache = PromptCache(redis, ttl=0.2, max_size=10)
+    key = cache_key("m", "v1", MESSAGES, SAMPLING)
+    await cache.put(key, response())
+    assert await cache.get(key) is not None
+    await asyncio.sleep(0.35)
+    assert await cache.get(key) is None
+
+
+async def test_the_size_bound_evicts_the_least_recently_used(redis):
+    clock = Clock()
+    cache = PromptCache(redis, ttl=60, max_size=3, clock=clock)
+    keys = [cache_key("m", "v1", [("user", f"q{i}")], SAMPLING) for i in range(4)]
+    for key in keys[:3]:
+        clock.now += 1
+        await cache.put(key, response())
+    clock.now += 1
+    assert await cache.get(keys[0]) is not None  # q0 becomes the most recently used
+    clock.now += 1
+    assert await cache.put(keys[3], response()) == 1
+    assert await cache.size() == 3
+    assert await cache.get(keys[1]) is None  # q1 was least recently used
+    assert all([await cache.get(keys[0]), await cache.get(keys[2]), await cache.get(keys[3])])
