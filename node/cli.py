@@ -3,6 +3,7 @@
     cynode run [-c node.toml]         run this node's roles until SIGTERM
     cynode config check FILE          validate a node.toml (exit 1 with every problem named)
     cynode config explain             every key, its default and meaning
+    cynode status [-c node.toml]      leader, queue and workers of the cluster
     cynode keygen                     print a new cluster key
     cynode version
 
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     config_commands.add_parser("explain", help="print every key with its default and meaning")
 
+    status = commands.add_parser("status", help="leader, queue and workers of the cluster")
+    status.add_argument("-c", "--config", type=Path, help="node.toml of this node (for its address and admin key)")
+    status.add_argument("--url", help="a node's HTTP address (default: this node's gateway)")
+    status.add_argument("--key", help="an API key with the admin scope (default: $CYNODE_API_KEY or this node's key file)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
     commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
     commands.add_parser("version", help="print the version")
     return parser
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 
@@ -79,6 +88,23 @@ def _config(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.file, os.environ)
     print(f"{args.file}: ok (roles: {', '.join(config.node.roles)}; node id {config.node.id})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_config
+    from .status_cli import admin_key_from_file, default_url, fetch_status, render
+
+    config = load_config(args.config, os.environ)
+    key = args.key or os.environ.get("CYNODE_API_KEY") or admin_key_from_file(config)
+    if not key:
+        print("cynode status: no admin API key (pass --key, set CYNODE_API_KEY, or run where the key file is readable)",
+              file=sys.stderr)
+        return 2
+    status = fetch_status(args.url or default_url(config), key)
+    print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 
 

@@ -28,6 +28,7 @@ def build_app(state: GatewayState, redis: RedisConnection | None, node_routes: l
         web.post("/v1/chat/completions", chat_completions),
         web.get("/v1/models", list_models),
         web.get("/v1/cluster/leader", cluster_leader),
+        web.get("/v1/cluster/status", cluster_status),
         *node_routes,
     ])
     return app
@@ -50,6 +51,23 @@ async def cluster_leader(request: web.Request) -> web.Response:
     if leader is None:
         raise UnavailableError("no coordinator leader is known right now", retry_after=2)
     return web.json_response({"id": leader.id, "epoch": leader.epoch, "address": leader.address})
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    """Leader, queue depths and workers as the leader sees them (`cynode status` prints this)."""
+    state: GatewayState = request.app["state"]
+    state.authenticate(request, "admin")
+    reply = await state.upstream.call("Status", coordinator_pb2.StatusRequest())
+    return web.json_response({
+        "leader": {"id": reply.leader_id, "epoch": reply.epoch, "address": reply.leader_address} if reply.leader_id else None,
+        "queue": {"pending": reply.queue_pending, "inflight": reply.queue_inflight, "dead": reply.queue_dead},
+        "cache": {"entries": reply.cache_entries, "hit_rate": round(reply.cache_hit_rate, 4)},
+        "workers": [
+            {"id": w.id, "address": w.address, "state": "healthy" if w.healthy else "unhealthy", "breaker": w.breaker,
+             "active": w.active, "leased": w.leased, "capacity": w.capacity, "weight": w.weight, "models": list(w.models)}
+            for w in reply.workers
+        ],
+    })
 
 
 def _error(status: int, message: str, *, param=None, code=None, headers=None) -> web.Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -154,3 +156,40 @@ def test_the_cluster_leader_is_this_node_and_needs_an_admin_key(node):
     assert body["epoch"] >= 1 and body["address"].endswith(f":{node.ports['coordinator']}")
     status, body = node.get_json("/v1/cluster/leader")
     assert status == 401
+
+
+def test_an_identical_greedy_request_is_answered_from_the_prompt_cache(node):
+    key = node.api_key()
+    question = [{"role": "user", "content": "Name one primary colour."}]
+    first = chat(node, key, messages=question)
+    second = chat(node, key, messages=question)
+    assert first.headers["X-Cache"] == "miss" and second.headers["X-Cache"] == "hit"
+    assert second.json()["choices"] == first.json()["choices"]
+    assert second.json()["usage"] == first.json()["usage"]
+    replay = stream_chat(node, key, messages=question)
+    assert content_of(e for e in replay if isinstance(e, dict)) == first.json()["choices"][0]["message"]["content"]
+    assert chat(node, key, messages=question, max_tokens=23).headers["X-Cache"] == "miss"  # any parameter change misses
+    fresh = httpx.post(f"{node.base_url}/v1/chat/completions", timeout=120,
+                       json={"model": MODEL, "messages": question, "temperature": 0, "max_tokens": 24},
+                       headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"})
+    assert fresh.headers["X-Cache"] == "miss"
+
+
+def test_sampled_requests_without_a_seed_are_not_cached(node):
+    key = node.api_key()
+    question = [{"role": "user", "content": "Say something."}]
+    chat(node, key, messages=question, temperature=0.9)
+    assert chat(node, key, messages=question, temperature=0.9).headers["X-Cache"] == "miss"
+
+
+def test_cluster_status_shows_the_leader_queue_and_worker(node):
+    status, body = node.get_json("/v1/cluster/status", node.api_key())
+    assert status == 200, body
+    assert body["leader"]["epoch"] >= 1
+    assert body["queue"] == {"pending": 0, "inflight": 0, "dead": 0}
+    [worker] = body["workers"]
+    assert worker["state"] == "healthy" and worker["breaker"] == "closed" and worker["models"] == [MODEL]
+    result = subprocess.run([sys.executable, "-m", "cynode", "status", "-c", str(node.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"(epoch {body['leader']['epoch']})" in result.stdout and "healthy" in result.stdout
