@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench protos check-protos clean
+.PHONY: install run test bench bench-coordinator protos check-protos clean
 
 install: $(STAMP)
 
@@ -27,10 +27,16 @@ test: install
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_stack_vs_engine.py
 
+bench-coordinator: install
+	$(BIN)/python tests/bench/bench_coordinator.py
+
 protos: install
 	$(BIN)/python tools/gen_protos.py
 
-check-protos: install
+check-bench-coordinator: install
+	$(BIN)/python tests/bench/bench_coordinator.py
+
+protos: install
 	$(BIN)/python tools/gen_protos.py --check
 
 clean:

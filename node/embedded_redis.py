@@ -117,7 +117,8 @@ class EmbeddedRedis:
         if proc and proc.returncode is None:
             proc.terminate()  # redis saves and fsyncs on SIGTERM
             try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(15):
+                    await proc.wait()
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()

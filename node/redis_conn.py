@@ -22,13 +22,13 @@ class RedisConnection:
     def __init__(self, url: str, cluster: str) -> None:
         self.url = url
         self.prefix = f"cynode:{cluster}:"
+        # No socket_timeout: redis-py applies it with asyncio.wait_for, which on Python 3.11 can
+        # turn a cancelled command into a busy loop. Callers bound their waits with asyncio.timeout.
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=2.0,
-            socket_timeout=5.0,
             health_check_interval=15,
-            retry_on_timeout=True,
         )
 
     def key(self, *parts: str) -> str:

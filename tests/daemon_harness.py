@@ -42,6 +42,7 @@ class CynodeProcess:
         }
         for section, values in (extra or {}).items():
             config.setdefault(section, {}).update(values)
+        self.config_id = config["node"]["id"]
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "node.toml"
         self.config_path.write_text(tomli_w.dumps(config))

@@ -9,6 +9,7 @@ over) are cancelled after `abandon_after` seconds. Expired leases are reaped her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -70,7 +71,8 @@ class Dispatcher:
         waiter.users += 1
         self.wake()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter.future)
         finally:
             # Done, timed out or the caller went away: once nobody waits, the task is an orphan
             # again and will not be handed to a worker nobody listens to.
@@ -92,10 +94,11 @@ class Dispatcher:
     async def run(self, interval: float = 0.25) -> None:
         last_reap = 0.0
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and this loop would then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             if not self._is_leader():
                 continue

@@ -84,28 +84,48 @@ class LeaderElection:
         while True:
             started = self._clock()
             try:
-                if was_leader and await self._renew(keys=self._keys[:1], args=[self._holder, int(self._ttl * 1000)]):
-                    self._deadline = started + self._ttl * 2 / 3  # act only well inside the TTL
-                elif not was_leader:
-                    epoch = int(await self._acquire(
-                        keys=self._keys, args=[self._holder, int(self._ttl * 1000), self._node_id, self._address]
-                    ))
-                    if epoch:
-                        self.epoch = epoch
-                        self._deadline = started + self._ttl * 2 / 3
-                else:
-                    log.warning("leader lock lost (epoch %d): another node holds it", self.epoch)
-                    self._deadline = 0.0
-            except redis.exceptions.RedisError as exc:
-                log.warning("leader election: Redis error: %s", exc)
+                # A Redis that hangs must not hold us past our own deadline.
+                async with asyncio.timeout(self._ttl / 3):
+                    await self._try_lock(was_leader, started)
+            except (redis.exceptions.RedisError, TimeoutError) as exc:
+                log.warning("leader election: Redis error: %s", exc or "timed out")
             leading = self.is_leader
             if leading != was_leader:
                 log.info("%s leader (epoch %d)", "became" if leading else "no longer", self.epoch)
                 self._on_change(leading, self.epoch)
                 was_leader = leading
-            # Leaders renew at a third of the TTL; standbys retry with jitter so they don't stampede.
-            pause = self._ttl / 3 if leading else self._ttl / 3 * (0.5 + random.random())
-            await asyncio.sleep(max(0.05, pause - (self._clock() - started) if leading else pause))
+            if leading:
+                # Renew at a third of the TTL, so two renewals can fail before the deadline passes.
+                await asyncio.sleep(max(0.05, self._ttl / 3 - (self._clock() - started)))
+            else:
+                await asyncio.sleep(await self._standby_pause())
+
+    async def _try_lock(self, was_leader: bool, started: float) -> None:
+        if was_leader:
+            if await self._renew(keys=self._keys[:1], args=[self._holder, int(self._ttl * 1000)]):
+                self._deadline = started + self._ttl * 2 / 3  # act only well inside the TTL
+            else:
+                log.warning("leader lock lost (epoch %d): another node holds it", self.epoch)
+                self._deadline = 0.0
+            return
+        epoch = int(await self._acquire(keys=self._keys, args=[self._holder, int(self._ttl * 1000), self._node_id, self._address]))
+        if epoch:
+            self.epoch = epoch
+            self._deadline = started + self._ttl * 2 / 3
+
+    async def _standby_pause(self) -> float:
+        """Sleep until the lock should expire, but never longer than a sixth of the TTL (a released
+        lock is noticed fast: graceful hand-over), with jitter so standbys don't stampede."""
+        try:
+            async with asyncio.timeout(1.0):
+                remaining_ms = await self._redis.client.pttl(self._keys[0])
+        except (redis.exceptions.RedisError, TimeoutError):
+            remaining_ms = -1
+        cap = self._ttl / 6
+        if remaining_ms == -2:  # freed since our try: go again almost at once
+            return random.uniform(0.01, 0.05)
+        pause = min(remaining_ms / 1000, cap) if remaining_ms > 0 else cap
+        return max(0.02, pause) + random.uniform(0, 0.1)
 
     async def release(self) -> None:
         if self.epoch and self._deadline:

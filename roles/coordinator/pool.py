@@ -142,8 +142,9 @@ class WorkerPool:
         return chosen
 
     async def wait_first_check(self, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._checked.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._checked.wait()
 
     async def run(self) -> None:
         """Check every worker each interval, until cancelled."""

@@ -95,7 +95,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         timeout = remaining if remaining is not None else DEFAULT_ADMIT_WAIT_S
         try:
             grant = await self._dispatcher.wait(task_id, model_id, tuple(request.exclude_workers), _prefix(request), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no worker became free in time")
         self._metrics.queue_wait.observe(time.monotonic() - started)
         self._metrics.requests.labels("assigned").inc()

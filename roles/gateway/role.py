@@ -61,8 +61,9 @@ class GatewayRole(Role):
         if in_flight.count:
             log.info("draining %d in-flight request(s), up to %.0fs", in_flight.count, timeout)
         try:
-            await asyncio.wait_for(in_flight.idle.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await in_flight.idle.wait()
+        except TimeoutError:
             log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
 
     async def stop(self) -> None:

@@ -44,3 +44,46 @@ def test_a_busy_worker_gets_a_smaller_share():
     pool.workers["a"].active = 8  # full
     picks = Counter(pool.pick("m")[0].id for _ in range(110))
     assert picks["b"] > 5 * picks["a"] > 0
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_worker_whose_breaker_tripped_gets_nothing_until_a_probe_succeeds():
+    from cynode.roles.coordinator.breaker import BreakerSettings
+
+    clock = Clock()
+    pool = WorkerPool(channel_factory=lambda a: None, interval=1, timeout=1, max_failures=3,
+                      breaker=BreakerSettings(min_requests=3, failure_rate=0.5, open_for=10), clock=clock)
+    for worker_id in ("a", "b"):
+        pool.add(worker_id, f"{worker_id}:1", 100)
+        state = pool.workers[worker_id]
+        state.healthy, state.models, state.capacity = True, {"m": ()}, 8
+    for _ in range(3):
+        pool.workers["a"].breaker.record(False)
+    assert {pool.pick("m")[0].id for _ in range(20)} == {"b"}
+    clock.now = 10
+    picks = [pool.pick("m")[0].id for _ in range(20)]
+    assert picks.count("a") == 1  # one half-open probe
+    pool.workers["a"].breaker.record(True)
+    assert "a" in {pool.pick("m")[0].id for _ in range(4)}
+
+
+def test_a_worker_with_no_free_slot_gets_nothing():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, True, ("m",)))
+    pool.workers["a"].leased = 8
+    assert {pool.pick("m")[0].id for _ in range(10)} == {"b"}
+    pool.workers["b"].leased = 8
+    assert pool.pick("m") is None
+
+
+def test_the_same_prompt_prefix_goes_to_the_same_worker_unless_it_is_much_busier():
+    pool = pool_with(("a", 100, True, ("m",)), ("b", 100, True, ("m",)), ("c", 100, True, ("m",)))
+    first = pool.pick("m", prefix="system: you are a pirate")[0].id
+    assert {pool.pick("m", prefix="system: you are a pirate")[0].id for _ in range(10)} == {first}
+    pool.workers[first].active = 7  # 7/8 busy while the others idle: fall back to round-robin
+    assert first not in {pool.pick("m", prefix="system: you are a pirate")[0].id for _ in range(4)}
