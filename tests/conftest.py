@@ -39,3 +39,15 @@ def builtin_model_dir(models_dir: Path) -> Path:
     from cynode.engines.builtin_model import ensure_builtin_model
 
     return ensure_builtin_model(models_dir)
+
+
+@pytest.fixture
+async def redis_conn(redis_server):
+    """A connection to the session's Redis under a cluster name of its own (keys never collide)."""
+    import uuid
+
+    from cynode.redis_conn import RedisConnection
+
+    conn = RedisConnection(redis_server.url, f"t-{uuid.uuid4().hex[:8]}")
+    yield conn
+    await conn.close()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from fakes import FakeClock
 from cynode.roles.coordinator.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSettings, CircuitBreaker
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def breaker(clock, **kw) -> CircuitBreaker:
@@ -17,14 +13,14 @@ def breaker(clock, **kw) -> CircuitBreaker:
 
 
 def test_a_few_failures_below_the_minimum_volume_do_not_trip_it():
-    b = breaker(Clock())
+    b = breaker(FakeClock(0.0))
     for _ in range(3):
         b.record(False)
     assert b.state == CLOSED and b.allows()
 
 
 def test_a_high_failure_rate_opens_it_and_an_open_breaker_allows_nothing():
-    clock = Clock()
+    clock = FakeClock(0.0)
     b = breaker(clock)
     for ok in (True, False, True, False):
         b.record(ok)
@@ -34,7 +30,7 @@ def test_a_high_failure_rate_opens_it_and_an_open_breaker_allows_nothing():
 
 
 def test_after_the_open_time_one_probe_goes_through_and_its_success_closes_it():
-    clock = Clock()
+    clock = FakeClock(0.0)
     b = breaker(clock)
     for _ in range(4):
         b.record(False)
@@ -47,7 +43,7 @@ def test_after_the_open_time_one_probe_goes_through_and_its_success_closes_it():
 
 
 def test_a_failed_probe_opens_it_again_for_another_full_period():
-    clock = Clock()
+    clock = FakeClock(0.0)
     b = breaker(clock)
     for _ in range(4):
         b.record(False)
@@ -62,7 +58,7 @@ def test_a_failed_probe_opens_it_again_for_another_full_period():
 
 
 def test_old_failures_slide_out_of_the_window():
-    clock = Clock()
+    clock = FakeClock(0.0)
     b = breaker(clock)
     b.record(False)
     b.record(False)

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-
 import pytest
 
-from cynode.redis_conn import RedisConnection
 from cynode.roles.coordinator.prompt_cache import CachedResponse, PromptCache, cache_key, is_deterministic
+from fakes import FakeClock
 
 MESSAGES = [("system", "Be brief."), ("user", "What is the capital of France?")]
 SAMPLING = {"temperature": 0.0, "max_tokens": 24, "stop": ["\n\n"], "seed": None}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-async def redis(redis_server):
-    conn = RedisConnection(redis_server.url, f"cache-{uuid.uuid4().hex[:8]}")
-    yield conn
-    await conn.close()
+def redis(redis_conn):
+    return redis_conn
 
 
 def response(text="The capital of France is Paris.") -> CachedResponse:
@@ -77,7 +65,7 @@ async def test_entries_expire_after_the_ttl(redis):
 
 
 async def test_the_size_bound_evicts_the_least_recently_used(redis):
-    clock = Clock()
+    clock = FakeClock()
     cache = PromptCache(redis, ttl=60, max_size=3, clock=clock)
     keys = [cache_key("m", "v1", [("user", f"q{i}")], SAMPLING) for i in range(4)]
     for key in keys[:3]:

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from cynode.leader_record import epoch_key
-from cynode.redis_conn import RedisConnection
 from cynode.roles.coordinator.task_queue import FencedError, QueueFullError, TaskQueue
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import FakeClock
 
 
 @pytest.fixture
-async def redis(redis_server):
-    conn = RedisConnection(redis_server.url, f"q-{uuid.uuid4().hex[:8]}")
-    await conn.client.set(epoch_key(conn), 7)
-    yield conn
-    await conn.close()
+async def redis(redis_conn):
+    await redis_conn.client.set(epoch_key(redis_conn), 7)
+    return redis_conn
 
 
 def make_queue(redis, clock=None, **kw) -> TaskQueue:
     return TaskQueue(redis, lambda: 7, max_size=kw.get("max_size", 100), max_retries=kw.get("max_retries", 3),
-                     clock=clock or Clock())
+                     clock=clock or FakeClock())
 
 
 async def test_higher_priority_runs_first_and_equal_priorities_run_in_arrival_order(redis):
@@ -68,7 +56,7 @@ async def test_a_claimed_task_leaves_the_queue_and_an_ack_finishes_it(redis):
 
 
 async def test_an_expired_lease_is_requeued_in_its_old_place_and_a_live_one_is_not(redis):
-    clock = Clock()
+    clock = FakeClock()
     queue = make_queue(redis, clock)
     for task_id in ("a", "b", "c"):
         await queue.enqueue(task_id, "m")

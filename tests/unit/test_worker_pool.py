@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from fakes import FakeClock
 from cynode.roles.coordinator.pool import WorkerPool
 
 
@@ -46,17 +47,12 @@ def test_a_busy_worker_gets_a_smaller_share():
     assert picks["b"] > 5 * picks["a"] > 0
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_worker_whose_breaker_tripped_gets_nothing_until_a_probe_succeeds():
     from cynode.roles.coordinator.breaker import BreakerSettings
 
-    clock = Clock()
+    clock = FakeClock(0.0)
     pool = WorkerPool(channel_factory=lambda a: None, interval=1, timeout=1, max_failures=3,
                       breaker=BreakerSettings(min_requests=3, failure_rate=0.5, open_for=10), clock=clock)
     for worker_id in ("a", "b"):
