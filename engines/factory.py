@@ -3,13 +3,17 @@
 The daemon ships as a PyInstaller binary, where entry-point discovery finds nothing; a table also
 makes every backend name, and what it needs, visible in one place. Engine modules import torch and
 friends, so they are imported only when a backend is actually created.
+
+`sim` (a paced token emitter with no model, `sim_engine.py`) is for measuring cynode's own overhead:
+`auto` never picks it, only asking for it by name builds it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from cynode.engines.base import InferenceEngine
 from cynode.errors import EngineError
@@ -62,6 +66,9 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
         if device == "cuda" and not probe.cuda():
             raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; "
                               "torch.cuda.is_available() is False here")
+        if device == "npu" and not probe.npu():
+            raise EngineError(f"backend {backend!r} needs an Ascend NPU with torch_npu and CANN; "
+                              "torch.npu.is_available() is False here (or torch_npu is not installed)")
         try:
             from cynode.engines.transformers_engine import TransformersEngine
         except ImportError as exc:
@@ -75,6 +82,14 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
     return create
 
 
+def _sim(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe, ttft: float = 0.05,
+         tokens_per_second: float = 50.0, answer_tokens: int = 64) -> InferenceEngine:
+    from cynode.engines.sim_engine import SimEngine
+
+    return SimEngine(max_concurrency=max_concurrency, ttft=ttft, tokens_per_second=tokens_per_second,
+                     answer_tokens=answer_tokens)
+
+
 def _not_yet(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
     raise EngineError(f"backend {backend!r} is not available in this build yet; "
                       "use cpu-transformers (or cuda-transformers on an NVIDIA host)")
@@ -83,22 +98,23 @@ def _not_yet(backend: str, *, models_dir: Path, max_concurrency: int, probe: Pro
 _ENGINES: dict[str, Callable[..., InferenceEngine]] = {
     "cpu-transformers": _transformers("cpu"),
     "cuda-transformers": _transformers("cuda"),
-    "ascend-transformers": _not_yet,
+    "ascend-transformers": _transformers("npu"),
     "cpu-vllm": _not_yet,
     "cuda-vllm": _not_yet,
     "ascend-vllm": _not_yet,
     "ascend-mindie": _not_yet,
     "cuda-trtllm": _not_yet,
-    "sim": _not_yet,
+    "sim": _sim,  # benchmarking only: never chosen by "auto"
 }
 
 
 def create_engine(backend: str, *, models_dir: Path, max_concurrency: int,
-                  probe: Probe | None = None) -> InferenceEngine:
-    """An engine (not yet started) for `backend` serving the built-in model.
+                  probe: Probe | None = None, sim: Mapping[str, Any] | None = None) -> InferenceEngine:
+    """An engine (not yet started) for `backend` serving the built-in model (`sim` serves the id "sim").
 
     Converting the built-in model can take ~20 s on first use; call this off the event loop.
     """
     backend = select_backend(backend, probe=probe)
+    options = dict(sim or {}) if backend == "sim" else {}  # `[worker.sim]` pacing, for the sim only
     return _ENGINES[backend](backend, models_dir=Path(models_dir), max_concurrency=max_concurrency,
-                             probe=probe or Probe())
+                             probe=probe or Probe(), **options)

@@ -62,6 +62,10 @@ class PeerAuth:
 
 
 _CHANNEL_OPTIONS = [
+    # gRPC's default reconnect backoff grows to 2 minutes; a restarted peer must be seen in seconds.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),

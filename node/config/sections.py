@@ -189,6 +189,15 @@ class CoordinatorSection(Section):
         return self
 
 
+class SimSection(Section):
+    ttft: Duration = 0.05
+    """Time to the first token of each request."""
+    tokens_per_second: float = Field(default=50.0, gt=0)
+    """Pace of each stream after its first token."""
+    answer_tokens: int = Field(default=64, ge=1)
+    """Length of every answer (then end-of-text) unless max_tokens cuts it."""
+
+
 class WorkerSection(Section):
     listen: Address = "0.0.0.0:50051"
     """gRPC address of the worker service."""
@@ -204,6 +213,8 @@ class WorkerSection(Section):
     """What this worker offers."""
     max_concurrency: int = Field(default=8, ge=1)
     """Requests generated at once; more wait for a slot."""
+    sim: SimSection = SimSection()
+    """Pacing of the `sim` backend (benchmarks of cynode's own overhead; never a default)."""
 
 
 class MetricsSection(Section):

@@ -36,7 +36,8 @@ class WorkerRole(Role):
         try:
             # Blocking: the first start converts the built-in model (about 20 s).
             self._engine = await asyncio.to_thread(
-                create_engine, backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency
+                create_engine, backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency,
+                sim=self._config.sim.model_dump(),
             )
             await self._engine.start()
         except CynodeError as exc:

@@ -33,7 +33,9 @@ class Cluster:
         return node
 
     def sim_worker(self, name: str, *, concurrency: int = 2) -> CynodeProcess:
-        return self._node(name, ["worker"], {"worker": {"backend": "sim", "max_concurrency": concurrency}})
+        # 25 tokens/s: streams last long enough to kill things in the middle of them.
+        return self._node(name, ["worker"], {"worker": {"backend": "sim", "max_concurrency": concurrency,
+                                                        "sim": {"tokens_per_second": 25.0, "answer_tokens": 200}}})
 
     def coordinator(self, name: str, workers: list[CynodeProcess], *, gateway: bool = False, **settings) -> CynodeProcess:
         static = [{"id": w.config_id, "host": w.host, "port": w.ports["worker"]} for w in workers]
@@ -75,10 +77,11 @@ class Cluster:
             return {n: r.zcard(f"cynode:{self.name}:{n}") for n in ("pending", "inflight", "dead")}
 
 
-def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, stream: bool = False, timeout: float = 120):
+def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, stream: bool = False, timeout: float = 120,
+         cache: bool = True):
     body = {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0,
             "max_tokens": max_tokens, "stream": stream}
-    headers = {"Authorization": f"Bearer {gateway.api_key()}"}
+    headers = {"Authorization": f"Bearer {gateway.api_key()}", **({} if cache else {"Cache-Control": "no-cache"})}
     if not stream:
         return httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
     text, finish, events = "", None, []

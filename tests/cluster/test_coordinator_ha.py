@@ -28,8 +28,11 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def model_of(gateway) -> str:
-    reply = httpx.get(f"{gateway.base_url}/v1/models", headers={"Authorization": f"Bearer {gateway.api_key()}"}, timeout=30)
-    return reply.json()["data"][0]["id"]
+    """The model the cluster serves, once the leader has seen a healthy worker."""
+    def listed():
+        reply = httpx.get(f"{gateway.base_url}/v1/models", headers={"Authorization": f"Bearer {gateway.api_key()}"}, timeout=30)
+        return reply.status_code == 200 and reply.json()["data"] and reply.json()["data"][0]["id"]
+    return wait_for(listed, 20, "a model to be served")
 
 
 def fire(gateway, model: str, count: int, max_tokens: int):
@@ -105,7 +108,7 @@ def test_a_worker_killed_mid_stream_has_its_task_requeued_and_finished_elsewhere
     expected_text, _, _ = chat(coordinator, model, content="migrate me", max_tokens=80, stream=True)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(chat, coordinator, model, content="migrate me", max_tokens=80, stream=True)
+        future = pool.submit(chat, coordinator, model, content="migrate me", max_tokens=80, stream=True, cache=False)
         busy = wait_for(lambda: next((t for t in cluster.tasks() if t["state"] == "leased"), None), 20, "a leased task")
         time.sleep(0.5)  # a few tokens are out
         cluster.nodes[busy["worker"]].proc.send_signal(signal.SIGKILL)

@@ -35,3 +35,12 @@ def test_the_systemd_unit_verifies(tmp_path):
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Type=notify" in unit.read_text()
+
+
+def test_the_shipped_node_toml_is_config_explain_word_for_word():
+    from cynode.config import explain
+
+    shipped = (PACKAGING / "node.toml").read_text()
+    expected = explain().replace('\nid = "<host name>"', '\n# id = "<host name>"')
+    body = lambda text: text[text.index("[node]"):]  # noqa: E731 - the part after the header comments
+    assert body(shipped) == body(expected), "packaging/node.toml is stale: regenerate it from `cynode config explain`"

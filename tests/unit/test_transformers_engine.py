@@ -14,7 +14,8 @@ from cynode.engines import (
     BUILTIN_ALIASES, BUILTIN_MODEL_ID, ChatMessage, GenerationRequest, Probe, SamplingParams, create_engine,
     select_backend,
 )
-from cynode.engines.transformers_engine import IncrementalDetokenizer, TransformersEngine
+from cynode.engines.detokenizer import IncrementalDetokenizer
+from cynode.engines.transformers_engine import TransformersEngine
 from cynode.errors import EngineError, RequestError
 
 # Every test shares the session loop the engine fixture lives on: a generation thread reports to
@@ -39,6 +40,15 @@ async def collect(engine: TransformersEngine, request: GenerationRequest):
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine(builtin_model_dir: Path):
     eng = TransformersEngine(builtin_model_dir, BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES, max_concurrency=4)
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def wide_engine(builtin_model_dir: Path):
+    """Room for eight streams in one batch."""
+    eng = TransformersEngine(builtin_model_dir, BUILTIN_MODEL_ID, max_concurrency=8)
     await eng.start()
     yield eng
     await eng.close()
@@ -109,6 +119,75 @@ async def test_four_concurrent_greedy_requests_each_match_the_single_stream_outp
     alone, _ = await collect(engine, chat(prompt, max_tokens=24))
     together = await asyncio.gather(*(collect(engine, chat(prompt, max_tokens=24)) for _ in range(4)))
     assert [text for text, _ in together] == [alone] * 4
+
+
+EIGHT_PROMPTS = (
+    FRANCE, "Name three colours of the rainbow.", "Write a long story about a dragon.", "Tell me a joke.",
+    "Explain photosynthesis in one paragraph.", "What is 2+2?", "List five animals that live in the sea.",
+    "Why is the sky blue?",
+)
+
+
+async def test_eight_concurrent_greedy_streams_each_equal_their_single_stream_output(wide_engine):
+    alone = [(await collect(wide_engine, chat(p, max_tokens=24)))[0] for p in EIGHT_PROMPTS]
+    together = await asyncio.gather(*(collect(wide_engine, chat(p, max_tokens=24)) for p in EIGHT_PROMPTS))
+    assert [text for text, _ in together] == alone
+
+
+async def test_requests_joining_a_running_batch_mid_generation_get_their_single_stream_output(wide_engine):
+    prompts = EIGHT_PROMPTS[1:5]
+    alone = [(await collect(wide_engine, chat(p, max_tokens=40)))[0] for p in prompts]
+    streams = [wide_engine.generate(chat(p, max_tokens=40)) for p in prompts]
+    texts = ["" for _ in prompts]
+    try:
+        for i, stream in enumerate(streams):  # each joins once those before it have a few tokens out
+            for _ in range(3):
+                texts[i] += (await anext(stream)).text
+        for i, stream in enumerate(streams):
+            texts[i] += "".join([d.text async for d in stream])
+    finally:
+        for stream in streams:
+            await stream.aclose()
+    assert texts == alone
+
+
+async def test_aborting_a_running_stream_admits_a_waiting_request_while_the_others_keep_running(engine):
+    await wait_idle(engine)
+    requests = [chat("Write a long story about a dragon.", max_tokens=400) for _ in range(4)]
+    running = [engine.generate(r) for r in requests]
+    waiting = engine.generate(chat("Write a long story about a lighthouse.", max_tokens=400))
+    try:
+        for stream in running:
+            await anext(stream)
+        first = asyncio.create_task(anext(waiting))
+        while engine.waiting_requests < 1:
+            await asyncio.sleep(0.01)
+        await engine.abort(requests[0].request_id)
+        assert engine.active_requests == 3  # the aborted one's place is free at once
+        assert (await first).finish_reason is None
+        assert (engine.active_requests, engine.waiting_requests) == (4, 0)
+    finally:
+        for stream in (*running, waiting):
+            await stream.aclose()
+    assert await wait_idle(engine) < 2.0
+
+
+async def test_no_more_than_max_concurrency_requests_run_at_once_and_all_complete(engine):
+    await wait_idle(engine)
+    seen = []
+
+    async def watched(request):
+        deltas = []
+        async for delta in engine.generate(request):
+            seen.append((engine.active_requests, engine.waiting_requests))
+            deltas.append(delta)
+        return deltas[-1]
+
+    prompts = EIGHT_PROMPTS[:6]
+    lasts = await asyncio.gather(*(watched(chat(p, max_tokens=12)) for p in prompts))
+    assert max(active for active, _ in seen) == engine.max_concurrency
+    assert max(waiting for _, waiting in seen) >= 1
+    assert all(last.finish_reason in ("stop", "length") for last in lasts)
 
 
 async def test_closing_the_stream_early_frees_the_slot_and_the_engine_keeps_working(engine):
@@ -267,6 +346,7 @@ async def test_the_factory_builds_a_cpu_engine_on_the_builtin_model(builtin_mode
 
 @pytest.mark.parametrize("backend, missing", [
     ("cuda-transformers", "torch.cuda.is_available() is False"),
+    ("ascend-transformers", "torch.npu.is_available() is False"),
     ("cuda-vllm", "not available in this build"),
     ("ascend-vllm", "not available in this build"),
 ])
