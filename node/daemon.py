@@ -16,11 +16,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from .api_keys import ApiKeyStore, ensure_api_keys_file
 from .cluster_key import ensure_key_file, load_keys
 from .config import NodeConfig, connect_host, join_host_port, split_host_port
 from .embedded_redis import EmbeddedRedis
 from .errors import CynodeError, StartupError
-from .http_routes import node_routes
+from .http_routes import cluster_routes, node_routes
+from .membership import Membership
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
 from .role import Role, RoleContext
@@ -55,6 +57,7 @@ class Daemon:
         self._embedded: EmbeddedRedis | None = None
         self._redis: RedisConnection | None = None
         self._http: web.AppRunner | None = None
+        self._membership: Membership | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -95,6 +98,8 @@ class Daemon:
             log.info("created cluster key %s; copy it to every node of the cluster", cfg.cluster_key_path)
         telemetry = Telemetry(cfg.node.id)
         roles = self._planned = [name for name in ROLE_ORDER if name in cfg.node.roles]
+        api_keys = self._api_keys()
+        keys = load_keys(cfg.cluster_key_path)
         if cfg.redis.embedded:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
@@ -102,16 +107,20 @@ class Daemon:
             self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name)
             await self._redis.connect()
             log.info("Redis at %s", safe_url(cfg.redis.url))
+        self._membership = Membership(cfg, keys, telemetry, roles)
+        await self._membership.start()
         ctx = RoleContext(
             config=cfg,
             telemetry=telemetry,
-            peer_auth=PeerAuth(load_keys(cfg.cluster_key_path)),
+            peer_auth=PeerAuth(keys),
             redis=self._redis,
             boot_id=uuid.uuid4().hex[:12],
             readiness=self._readiness,
             local_services=self._local_services(roles),
+            api_keys=api_keys,
+            membership=self._membership,
         )
-        await self._start_node_http(telemetry)
+        await self._start_node_http(telemetry, api_keys)
         for name in roles:
             log.info("starting %s", name)
             try:
@@ -122,6 +131,15 @@ class Daemon:
             except CynodeError as exc:
                 raise StartupError(f"role {name} failed to start: {exc.message}") from exc
 
+    def _api_keys(self) -> ApiKeyStore:
+        """Every node checks API keys (its /v1/cluster/* endpoints need an admin key)."""
+        path = self.config.api_keys_path
+        if self.config.gateway.api_keys_file is None and ensure_api_keys_file(path):
+            # The path only: the key itself is in the file, readable by its owner alone.
+            log.warning("created API-key file %s with one admin key; read the key from there", path)
+            print(f"cynode: wrote a new admin API key to {path}", flush=True)
+        return ApiKeyStore.load(path)  # ConfigError names the file and the entry
+
     def _local_services(self, roles: list[str]) -> dict[str, str]:
         services = {}
         if "worker" in roles:
@@ -129,9 +147,9 @@ class Daemon:
             services["worker"] = join_host_port(self.config.node.advertise or connect_host(host), port)
         return services
 
-    async def _start_node_http(self, telemetry: Telemetry) -> None:
+    async def _start_node_http(self, telemetry: Telemetry, api_keys: ApiKeyStore) -> None:
         app = web.Application()
-        app.add_routes(node_routes(telemetry, self._readiness))
+        app.add_routes(node_routes(telemetry, self._readiness) + cluster_routes(self._membership, api_keys))
         self._http = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._http.setup()
         host, port = split_host_port(self.config.metrics.listen)
@@ -145,6 +163,9 @@ class Daemon:
         return {name: started[name].readiness() if name in started else (False, "starting") for name in self._planned}
 
     async def _shutdown(self, *, drain: bool) -> None:
+        if self._membership is not None:
+            # Leave gossip first: peers stop sending this node new work while its streams finish.
+            await self._membership.stop(graceful=drain)
         if drain:
             # Gateway first: it stops taking requests while the roles behind it still serve its streams.
             for role in reversed(self._roles):

@@ -6,10 +6,16 @@ Served on `[metrics] listen` by the daemon, and on the gateway's port when it ru
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .api_keys import ApiKeyStore, require
+from .errors import AuthError
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .membership import Membership
 
 Readiness = Callable[[], dict[str, tuple[bool, str]]]
 
@@ -28,3 +34,18 @@ def node_routes(telemetry: Telemetry, readiness: Readiness) -> list[web.RouteDef
         return web.Response(body=telemetry.render(), headers={"Content-Type": telemetry.content_type})
 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
+
+
+def cluster_routes(membership: "Membership | None", api_keys: ApiKeyStore) -> list[web.RouteDef]:
+    """`/v1/cluster/members`: every node's view of the cluster (admin key)."""
+
+    async def members(request: web.Request) -> web.Response:
+        try:
+            require(api_keys.authenticate(request.headers.get("Authorization")), "admin")
+        except AuthError as exc:
+            kind = "authentication_error" if exc.status == 401 else "permission_error"
+            body = {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.code}}
+            return web.json_response(body, status=exc.status)
+        return web.json_response({"members": membership.members() if membership else []})
+
+    return [web.get("/v1/cluster/members", members)]

@@ -17,6 +17,9 @@ from .telemetry import Telemetry
 if TYPE_CHECKING:
     import grpc.aio
 
+    from .api_keys import ApiKeyStore
+    from .membership import Membership
+
     from .peer_auth import PeerAuth
     from .redis_conn import RedisConnection
 
@@ -29,6 +32,8 @@ class RoleContext:
     redis: "RedisConnection | None" = None
     boot_id: str = ""
     readiness: Readiness = lambda: {}
+    api_keys: "ApiKeyStore | None" = None
+    membership: "Membership | None" = None
     # Addresses of services this same node runs, for roles that would otherwise need gossip
     # to find them (e.g. the coordinator's view of the local worker). Filled by the daemon.
     local_services: dict[str, str] = field(default_factory=dict)

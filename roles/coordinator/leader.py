@@ -9,6 +9,7 @@ hope. Release on shutdown is compare-and-delete, so hand-over takes about one re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -69,6 +70,7 @@ class LeaderElection:
         self._clock = clock
         self._on_change = on_change or (lambda leading, epoch: None)
         self._deadline = 0.0  # monotonic time until which we may act as leader
+        self._hint = asyncio.Event()
         self.epoch = 0
         self._acquire = redis.client.register_script(_ACQUIRE)
         self._renew = redis.client.register_script(_RENEW)
@@ -98,7 +100,14 @@ class LeaderElection:
                 # Renew at a third of the TTL, so two renewals can fail before the deadline passes.
                 await asyncio.sleep(max(0.05, self._ttl / 3 - (self._clock() - started)))
             else:
-                await asyncio.sleep(await self._standby_pause())
+                self._hint.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(await self._standby_pause()):
+                        await self._hint.wait()
+
+    def hint(self) -> None:
+        """Gossip thinks a coordinator went away: a standby looks at the lock now. Redis still decides."""
+        self._hint.set()
 
     async def _try_lock(self, was_leader: bool, started: float) -> None:
         if was_leader:

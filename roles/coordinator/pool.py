@@ -91,10 +91,21 @@ class WorkerPool:
         self._checked = asyncio.Event()
 
     def add(self, worker_id: str, address: str, weight: int, tags: Iterable[str] = ()) -> None:
+        existing = self.workers.get(worker_id)
+        if existing is not None and existing.address != address:  # restarted elsewhere: new channel
+            self.workers.pop(worker_id)
+            if existing.channel is not None:
+                asyncio.get_running_loop().create_task(existing.channel.close())
         if worker_id not in self.workers:
             breaker = CircuitBreaker(self._breaker, self._clock) if self._clock else CircuitBreaker(self._breaker)
             self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address),
                                                   breaker=breaker)
+
+    def remove(self, worker_id: str) -> None:
+        """Gossip says the worker is dead or left: it gets nothing more (static workers stay checked)."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is not None and worker.channel is not None:
+            asyncio.get_running_loop().create_task(worker.channel.close())
 
     def healthy(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.healthy]

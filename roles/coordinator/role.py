@@ -43,6 +43,7 @@ class CoordinatorRole(Role):
         )
         for worker in self._config.workers:
             self._pool.add(worker.id, join_host_port(worker.host, worker.port), worker.weight, worker.tags)
+        self._static_ids = {w.id for w in self._config.workers} | ({ctx.config.node.id} if "worker" in ctx.local_services else set())
         if "worker" in ctx.local_services:
             local = ctx.config.worker
             self._pool.add(ctx.config.node.id, ctx.local_services["worker"], local.weight, local.tags)
@@ -73,6 +74,10 @@ class CoordinatorRole(Role):
     async def start(self) -> None:
         if self._cache_redis is not None:
             await self._cache_redis.connect()
+        if self._ctx.membership is not None:
+            self._ctx.membership.add_listener(self._on_member)
+            for member in self._ctx.membership.members_raw():
+                self._track(member)
         self._metrics.workers_healthy.set_function(lambda: len(self._pool.healthy()))
         self._metrics.queue_pending.set_function(lambda: self._dispatcher.pending)
         service = CoordinatorService(
@@ -92,6 +97,25 @@ class CoordinatorRole(Role):
         ]
         await self._pool.wait_first_check(self._config.health_check_timeout + 1)
         log.info("coordinator on %s with %d worker(s) known", self._config.listen, len(self._pool.workers))
+
+    def _on_member(self, event) -> None:
+        if getattr(event, "member", None) is None:
+            return
+        if event.kind in ("dead", "left"):
+            meta = event.member.meta
+            if "worker" in meta.get("roles", []) and event.member.id not in self._static_ids:
+                self._pool.remove(event.member.id)
+            if "coordinator" in meta.get("roles", []):
+                self._election.hint()  # maybe the leader: look at the lock now rather than later
+        else:
+            self._track(event.member)
+
+    def _track(self, member) -> None:
+        """A worker found through gossip joins the pool (its health checks decide the rest)."""
+        meta = member.meta
+        address = meta.get("addr", {}).get("worker")
+        if "worker" in meta.get("roles", []) and address and str(member.state) in ("alive", "suspect"):
+            self._pool.add(member.id, address, int(meta.get("weight", 100)), meta.get("tags", ()))
 
     def _leadership_changed(self, leading: bool, epoch: int) -> None:
         self._metrics.is_leader.set(1 if leading else 0)

@@ -12,7 +12,7 @@ from cynode.config.sections import GatewaySection
 from cynode.errors import RequestError
 from cynode.telemetry import Telemetry
 
-from .api_keys import ApiKey, ApiKeyStore, require
+from cynode.api_keys import ApiKey, ApiKeyStore, require
 from .upstream import Upstream
 
 

@@ -9,10 +9,9 @@ from aiohttp import web
 
 from cynode.config import split_host_port
 from cynode.errors import StartupError
-from cynode.http_routes import node_routes
+from cynode.http_routes import cluster_routes, node_routes
 from cynode.role import Role, RoleContext
 
-from .api_keys import ApiKeyStore, ensure_api_keys_file
 from .app import build_app
 from .request_context import GatewayMetrics, GatewayState
 from .upstream import Upstream
@@ -31,16 +30,12 @@ class GatewayRole(Role):
         self._state: GatewayState | None = None
 
     async def start(self) -> None:
-        path = self._ctx.config.api_keys_path
-        if self._config.api_keys_file is None and ensure_api_keys_file(path):
-            # The path only: the key itself is in the file, readable by its owner alone.
-            log.warning("created API-key file %s with one admin key; read the key from there", path)
-            print(f"cynode: wrote a new admin API key to {path}", flush=True)
-        keys = ApiKeyStore.load(path)  # ConfigError names the file and entry
+        keys = self._ctx.api_keys
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority)
-        app = build_app(self._state, self._ctx.redis, node_routes(self._ctx.telemetry, self._ctx.readiness))
+        routes = node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.membership, keys)
+        app = build_app(self._state, self._ctx.redis, routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         host, port = split_host_port(self._config.listen)

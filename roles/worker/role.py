@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 
@@ -28,6 +29,7 @@ class WorkerRole(Role):
         self._config = ctx.config.worker
         self._engine: InferenceEngine | None = None
         self._server: grpc.aio.Server | None = None
+        self._publisher: asyncio.Task | None = None
         self._metrics = WorkerMetrics.register(ctx.telemetry)
 
     async def start(self) -> None:
@@ -52,6 +54,22 @@ class WorkerRole(Role):
             raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port in use?)")
         await self._server.start()
         log.info("worker serving %s on %s", ", ".join(m.id for m in engine.models()), self._config.listen)
+        if self._ctx.membership is not None:
+            self._publisher = asyncio.create_task(self._publish_forever(), name="worker-gossip-meta")
+
+    async def _publish_forever(self, every: float = 2.0) -> None:
+        """Keep this worker's facts in gossip metadata: coordinators find workers there."""
+        while True:
+            try:
+                health = self._engine.health()
+                self._ctx.membership.publish(
+                    models=[m.id for m in self._engine.models()], backend=self._engine.backend,
+                    active=health.active_requests, capacity=self._config.max_concurrency,
+                    weight=self._config.weight, tags=list(self._config.tags), free_mem=_free_memory(),
+                )
+            except Exception:
+                log.exception("publishing worker metadata failed")
+            await asyncio.sleep(every)
 
     async def drain(self, timeout: float) -> None:
         # Stops accepting new calls and lets running streams finish until the grace runs out.
@@ -59,6 +77,10 @@ class WorkerRole(Role):
             await self._server.stop(grace=timeout)
 
     async def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
         if self._server:
             await self._server.stop(grace=None)
         if self._engine:
@@ -78,3 +100,15 @@ def _resident_bytes() -> float:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _free_memory() -> int:
+    """Bytes the host can still give (MemAvailable); accelerator memory comes with the memory manager."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cynode.errors import AuthError, ConfigError
-from cynode.roles.gateway.api_keys import (
+from cynode.api_keys import (
     ApiKey,
     ApiKeyStore,
     ensure_api_keys_file,
