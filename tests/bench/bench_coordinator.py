@@ -133,6 +133,20 @@ async def admit_latency(gateway_node, key_file: Path, model: str, samples: int =
     return {name: (statistics.median(v) * 1000, pct(v, 99) * 1000) for name, v in (("hit", hits), ("miss", misses))}
 
 
+def served_model(node, timeout: float = 30) -> str:
+    """The model id, once the leader has health-checked the worker."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{node.base_url}/v1/models", timeout=30,
+                         headers={"Authorization": f"Bearer {node.api_key()}"}).json().get("data")
+        if data:
+            return data[0]["id"]
+        time.sleep(0.2)
+    raise RuntimeError("no model served")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -146,10 +160,7 @@ def main() -> None:
             node = cluster.coordinator("c0", [worker], gateway=True)
             cluster.start(worker, node)
             try:
-                import httpx
-
-                model = httpx.get(f"{node.base_url}/v1/models", timeout=30,
-                                  headers={"Authorization": f"Bearer {node.api_key()}"}).json()["data"][0]["id"]
+                model = served_model(node)
                 admit = asyncio.run(admit_latency(node, cluster.key_file, model))
             finally:
                 cluster.stop()
