@@ -4,6 +4,7 @@
     cynode config check FILE          validate a node.toml (exit 1 with every problem named)
     cynode config explain             every key, its default and meaning
     cynode status [-c node.toml]      leader, queue and workers of the cluster
+    cynode members [-c node.toml]     the gossip members this node sees
     cynode keygen                     print a new cluster key
     cynode version
 
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--key", help="an API key with the admin scope (default: $CYNODE_API_KEY or this node's key file)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    members = commands.add_parser("members", help="the gossip members this node sees")
+    members.add_argument("-c", "--config", type=Path, help="node.toml of this node (for its address and admin key)")
+    members.add_argument("--url", help="a node's HTTP address (default: this node's [metrics] listen)")
+    members.add_argument("--key", help="an API key with the admin scope (default: $CYNODE_API_KEY or this node's key file)")
+    members.add_argument("--json", action="store_true", help="print the raw JSON")
+
     commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
     commands.add_parser("version", help="print the version")
     return parser
@@ -57,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "config":
             return _config(args)
-        if args.command == "status":
-            return _status(args)
+        if args.command in ("status", "members"):
+            return _cluster_view(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 
@@ -91,20 +98,24 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _cluster_view(args: argparse.Namespace) -> int:
     import json
 
+    from .cluster_cli import admin_key_from_file, default_url, fetch, render_members, render_status
     from .config import load_config
-    from .status_cli import admin_key_from_file, default_url, fetch_status, render
 
     config = load_config(args.config, os.environ)
     key = args.key or os.environ.get("CYNODE_API_KEY") or admin_key_from_file(config)
     if not key:
-        print("cynode status: no admin API key (pass --key, set CYNODE_API_KEY, or run where the key file is readable)",
-              file=sys.stderr)
+        print(f"cynode {args.command}: no admin API key (pass --key, set CYNODE_API_KEY, "
+              "or run where the key file is readable)", file=sys.stderr)
         return 2
-    status = fetch_status(args.url or default_url(config), key)
-    print(json.dumps(status, indent=2) if args.json else render(status))
+    if args.command == "status":
+        body = fetch(args.url or default_url(config, "gateway"), "/v1/cluster/status", key)
+        print(json.dumps(body, indent=2) if args.json else render_status(body))
+    else:
+        body = fetch(args.url or default_url(config, "metrics"), "/v1/cluster/members", key)
+        print(json.dumps(body, indent=2) if args.json else render_members(body))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`cynode status`: the cluster as the coordinator leader sees it, asked over a node's HTTP API."""
+"""`cynode status` and `cynode members`: the cluster as a node sees it, asked over its HTTP API."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import urllib.request
 from .config import NodeConfig, connect_host, split_host_port
 
 
-def default_url(config: NodeConfig) -> str:
-    host, port = split_host_port(config.gateway.listen)
+def default_url(config: NodeConfig, service: str = "gateway") -> str:
+    """This node's gateway (status needs the coordinator behind it) or its node-level HTTP (members)."""
+    listen = config.gateway.listen if service == "gateway" else config.metrics.listen
+    host, port = split_host_port(listen)
     return f"http://{connect_host(host)}:{port}"
 
 
@@ -24,8 +26,8 @@ def admin_key_from_file(config: NodeConfig) -> str | None:
     return next((k["key"] for k in keys if "admin" in k.get("scopes", []) and "key" in k), None)
 
 
-def fetch_status(url: str, key: str, timeout: float = 10.0) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + "/v1/cluster/status", headers={"Authorization": f"Bearer {key}"})
+def fetch(url: str, path: str, key: str, timeout: float = 10.0) -> dict:
+    request = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return json.loads(reply.read())
@@ -34,12 +36,12 @@ def fetch_status(url: str, key: str, timeout: float = 10.0) -> dict:
             message = json.loads(err.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = err.reason
-        raise SystemExit(f"cynode status: {url} answered {err.code}: {message}") from None
+        raise SystemExit(f"cynode: {url}{path} answered {err.code}: {message}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise SystemExit(f"cynode status: cannot reach {url}: {getattr(err, 'reason', err)}") from None
+        raise SystemExit(f"cynode: cannot reach {url}: {getattr(err, 'reason', err)}") from None
 
 
-def render(status: dict) -> str:
+def render_status(status: dict) -> str:
     leader = status.get("leader")
     lines = [
         f"leader   {leader['id']} at {leader['address']} (epoch {leader['epoch']})" if leader else "leader   none",
@@ -54,3 +56,24 @@ def render(status: dict) -> str:
         lines.append(f"{w['id']:<20} {w['address']:<22} {w['state']:<10} {w['breaker']:<10} {load:>9} {w['weight']:>7}  "
                      + ", ".join(w["models"]))
     return "\n".join(lines)
+
+
+_KEY_META = ("models", "backend", "active", "capacity", "free_mem")
+
+
+def render_members(body: dict) -> str:
+    lines = [f"{'ID':<20} {'ADDRESS':<22} {'ROLES':<30} {'STATE':<8} {'INC':>4}  META"]
+    for m in body["members"]:
+        meta = m.get("meta", {})
+        facts = [f"{k}={_short(meta[k])}" for k in _KEY_META if k in meta]
+        lines.append(f"{m['id']:<20} {m['address']:<22} {','.join(m.get('roles', [])):<30} {m['state']:<8} "
+                     f"{m['incarnation']:>4}  {' '.join(facts)}")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    if isinstance(value, int) and value > 10**6:
+        return f"{value / 2**30:.1f}GiB"
+    return str(value)
