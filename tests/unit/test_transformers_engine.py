@@ -347,8 +347,8 @@ async def test_the_factory_builds_a_cpu_engine_on_the_builtin_model(builtin_mode
 @pytest.mark.parametrize("backend, missing", [
     ("cuda-transformers", "torch.cuda.is_available() is False"),
     ("ascend-transformers", "torch.npu.is_available() is False"),
-    ("cuda-vllm", "not available in this build"),
-    ("ascend-vllm", "not available in this build"),
+    ("cuda-vllm", "torch.cuda.is_available() is False"),
+    ("ascend-vllm", "torch-npu, vllm-ascend not installed"),
 ])
 async def test_backends_this_host_cannot_run_fail_naming_what_is_missing(tmp_path, backend, missing):
     with pytest.raises(EngineError, match=backend) as info:
