@@ -52,19 +52,7 @@ bench-gossip: install
 protos: install
 	$(BIN)/python tools/gen_protos.py
 
-check-bench-coordinator: install
-	$(BIN)/python tests/bench/bench_coordinator.py
-
-bench-engines: install
-	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_engines.py
-
-bench-vllm: install-vllm
-	HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 $(BIN)/python tests/bench/bench_vllm.py
-
-bench-gossip: install
-	$(BIN)/python tests/bench/bench_gossip.py
-
-protos: install
+check-protos: install
 	$(BIN)/python tools/gen_protos.py --check
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -96,3 +97,14 @@ def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, s
                 text += event["choices"][0]["delta"].get("content") or ""
                 finish = event["choices"][0]["finish_reason"] or finish
     return text, finish, events
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

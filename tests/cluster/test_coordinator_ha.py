@@ -13,18 +13,10 @@ import time
 import httpx
 import pytest
 
-from cluster_harness import Cluster, chat
+from cluster_harness import Cluster, chat, wait_for
 from redis_harness import RedisServer
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def model_of(gateway) -> str:

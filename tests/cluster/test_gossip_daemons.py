@@ -9,19 +9,11 @@ import time
 
 import httpx
 
-from cluster_harness import Cluster
+from cluster_harness import Cluster, wait_for
 from cynode.cluster_key import ensure_key_file
 from daemon_harness import CynodeProcess
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def members(node: CynodeProcess) -> dict[str, dict]:
