@@ -59,9 +59,6 @@ class Daemon:
         self._http: web.AppRunner | None = None
         self._membership: Membership | None = None
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,5 +34,5 @@ class WorkerMetrics:
             tokens=telemetry.counter("worker_tokens_generated", "Tokens generated", ("model",)),
             active=telemetry.gauge("worker_active_requests", "Requests being generated"),
             gpu_memory_used=telemetry.gauge("worker_gpu_memory_used", "Accelerator memory in use, bytes (host RAM on CPU)"),
-            gpu_utilization=telemetry.gauge("worker_gpu_utilization", "Accelerator utilisation, percent (CPU on CPU)"),
+            gpu_utilization=telemetry.gauge("worker_gpu_utilization", "Accelerator utilisation, percent (this process's CPU use on a CPU host)"),
         )

@@ -47,6 +47,7 @@ class WorkerRole(Role):
         engine = self._engine
         self._metrics.active.set_function(lambda: engine.health().active_requests)
         self._metrics.gpu_memory_used.set_function(_resident_bytes)
+        self._metrics.gpu_utilization.set_function(_cpu_percent())
         service = WorkerService(self._ctx.config.node.id, engine, self._metrics, self._config.max_concurrency)
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
@@ -100,6 +101,17 @@ def _resident_bytes() -> float:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _cpu_percent():
+    """This process's CPU use in percent since the last scrape: the CPU's stand-in for GPU utilisation."""
+    try:
+        import psutil
+    except ImportError:  # psutil comes with the `cpu` extra; without it the gauge reads 0
+        return lambda: 0.0
+    process = psutil.Process()
+    process.cpu_percent()  # the first call only sets the baseline
+    return process.cpu_percent
 
 
 def _free_memory() -> int:

@@ -146,7 +146,8 @@ def test_health_readiness_and_metrics_need_no_key(node):
     metrics = httpx.get(f"{node.metrics_url}/metrics", timeout=10).text
     for name in ("worker_inference_latency_bucket", "worker_time_to_first_token_seconds_bucket",
                  'coordinator_inference_requests_total{status="assigned"}', "coordinator_workers_healthy 1.0",
-                 "gateway_time_to_first_token_seconds_bucket"):
+                 "gateway_time_to_first_token_seconds_bucket", "worker_gpu_utilization", "worker_gpu_memory_used",
+                 'gossip_members{state="alive"} 1.0'):
         assert name in metrics, name
 
 
