@@ -80,7 +80,8 @@ def full_stack(models_dir: Path, workdir: Path) -> dict:
                 first = None
                 tokens = 0
                 with client.stream("POST", f"{node.base_url}/v1/chat/completions", json=body,
-                                   headers={"Authorization": f"Bearer {key}"}) as reply:
+                                   # no-cache: identical greedy requests would otherwise be cache hits
+                                   headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}) as reply:
                     for line in reply.iter_lines():
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
@@ -89,6 +90,7 @@ def full_stack(models_dir: Path, workdir: Path) -> dict:
                             first = time.perf_counter()
                         if chunk.get("usage"):
                             tokens = chunk["usage"]["completion_tokens"]
+                assert reply.headers.get("X-Cache") == "miss", "the benchmark must measure generation, not the cache"
                 if run:
                     samples.append((first - start, time.perf_counter() - first, tokens))
     finally:
