@@ -1,0 +1,37 @@
+"""Daemon logs on stdout: readable text by default, one JSON object per line when asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from cynode.logs import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_logs_are_one_object_per_line_with_level_logger_and_message(capsys):
+    setup_logging("json", "info", "edge-01")
+    logging.getLogger("cynode.test").warning("worker %s is unhealthy", "w1")
+    logging.getLogger("cynode.test").debug("not shown at info")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["level"] == "warning" and entry["logger"] == "cynode.test"
+    assert entry["msg"] == "worker w1 is unhealthy" and entry["ts"].endswith("Z")
+
+
+def test_text_logs_name_the_node(capsys):
+    setup_logging("text", "info", "edge-01")
+    logging.getLogger("cynode.test").info("ready")
+    out = capsys.readouterr().out
+    assert "[edge-01] cynode.test: ready" in out
