@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,24 @@ import tomli_w
 
 
 
+_handed_out: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free for TCP and UDP on `host`, never handed out before in this process. Drawn below the
+    kernel's ephemeral range, so outgoing connections cannot take it between now and the bind."""
+    while True:
+        port = random.randint(20000, 32000)
+        if (host, port) in _handed_out:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind((host, port))
+                udp.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add((host, port))
+        return port
 
 
 class CynodeProcess:

@@ -87,7 +87,11 @@ class CoordinatorRole(Role):
         )
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, self._server)
-        if self._server.add_insecure_port(self._config.listen) == 0:
+        try:
+            bound = self._server.add_insecure_port(self._config.listen)
+        except RuntimeError:  # newer grpcio raises instead of returning 0
+            bound = 0
+        if bound == 0:
             raise StartupError(f"[coordinator] listen {self._config.listen!r}: cannot bind (port in use?)")
         await self._server.start()
         self._tasks = [

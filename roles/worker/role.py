@@ -51,7 +51,11 @@ class WorkerRole(Role):
         service = WorkerService(self._ctx.config.node.id, engine, self._metrics, self._config.max_concurrency)
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
-        if self._server.add_insecure_port(self._config.listen) == 0:
+        try:
+            bound = self._server.add_insecure_port(self._config.listen)
+        except RuntimeError:  # newer grpcio raises instead of returning 0
+            bound = 0
+        if bound == 0:
             raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port in use?)")
         await self._server.start()
         log.info("worker serving %s on %s", ", ".join(m.id for m in engine.models()), self._config.listen)
