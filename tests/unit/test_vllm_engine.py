@@ -53,13 +53,14 @@ async def wait_idle(engine: VllmEngine, within: float = 30.0) -> None:
 
 def _engine_processes() -> list:
     """Our child processes other than multiprocessing's resource tracker (which spawn starts once
-    per process and which lives as long as we do)."""
+    per process and which lives as long as we do) and the test session's own redis-server."""
     import psutil
 
     found = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in command and "redis-server" not in command:
                 found.append(child)
     return found
 
