@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .api_keys import ApiKeyStore, ensure_api_keys_file
 from .cluster_key import ensure_key_file, load_keys
-from .config import NodeConfig, connect_host, join_host_port, split_host_port
+from .config import NodeConfig, split_host_port
 from .embedded_redis import EmbeddedRedis
 from .errors import CynodeError, StartupError
 from .http_routes import cluster_routes, node_routes
@@ -138,11 +138,7 @@ class Daemon:
         return ApiKeyStore.load(path)  # ConfigError names the file and the entry
 
     def _local_services(self, roles: list[str]) -> dict[str, str]:
-        services = {}
-        if "worker" in roles:
-            host, port = split_host_port(self.config.worker.listen)
-            services["worker"] = join_host_port(self.config.node.advertise or connect_host(host), port)
-        return services
+        return {"worker": self._membership.service_address("worker")} if "worker" in roles else {}
 
     async def _start_node_http(self, telemetry: Telemetry, api_keys: ApiKeyStore) -> None:
         app = web.Application()

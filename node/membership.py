@@ -105,6 +105,10 @@ class Membership:
     def _count(self, state: str) -> int:
         return sum(1 for m in self.members_raw() if str(m.state) == state)
 
+    def service_address(self, role: str) -> str:
+        """Where peers reach this node's `role` service (the address gossip publishes)."""
+        return self._meta["addr"][role]
+
     def publish(self, **fields: Any) -> None:
         """Merge role facts into this node's metadata; peers see it within a gossip round or two."""
         self._meta.update(fields)

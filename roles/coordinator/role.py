@@ -51,7 +51,9 @@ class CoordinatorRole(Role):
             ctx.redis,
             node_id=ctx.config.node.id,
             boot_id=ctx.boot_id,
-            address=_advertised(ctx.config.node.advertise, self._config.listen),
+            # The address gateways dial: the one gossip publishes, so every view of this node agrees.
+            address=(ctx.membership.service_address("coordinator") if ctx.membership
+                     else _advertised(ctx.config.node.advertise, self._config.listen)),
             ttl=self._config.leader_ttl,
             on_change=self._leadership_changed,
         )
