@@ -204,7 +204,7 @@ class WorkerSection(Section):
     backend: Literal[BACKEND_NAMES] = "auto"  # type: ignore[valid-type]
     """Inference backend (cpu-transformers, cuda-vllm, ...); auto picks from what the host has."""
     model_registry: LocalPath | None = None
-    """models.json listing the models this worker serves; default: the built-in model only."""
+    """models.json listing the models this worker serves (not supported yet: start-up refuses it); default: the built-in model."""
     models_dir: LocalPath | None = None
     """Where converted models are kept; default <data_dir>/models."""
     weight: int = Field(default=100, ge=1)

@@ -33,6 +33,10 @@ class WorkerRole(Role):
         self._metrics = WorkerMetrics.register(ctx.telemetry)
 
     async def start(self) -> None:
+        if self._config.model_registry is not None:
+            # Refuse rather than ignore: a user listing models must not silently get only the built-in one.
+            raise StartupError(f"[worker] model_registry {str(self._config.model_registry)!r}: models.json is not "
+                               "supported by this build yet; remove the setting to serve the built-in model")
         backend = select_backend(self._config.backend)
         log.info("worker backend %s (asked for %s)", backend, self._config.backend)
         try:

@@ -110,3 +110,11 @@ async def test_peers_without_the_cluster_key_are_refused(node):
 def test_the_daemon_runs_as_a_module_and_reports_its_version():
     result = subprocess.run([sys.executable, "-m", "cynode", "version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("cynode ")
+
+
+def test_a_model_registry_this_build_cannot_read_stops_start_up_instead_of_being_ignored(tmp_path, models_dir):
+    node = CynodeProcess(tmp_path, redis_url="redis://127.0.0.1:1/0", models_dir=models_dir,
+                         extra={"node": {"roles": ["worker"]}, "worker": {"model_registry": str(tmp_path / "models.json")}})
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        node.start(timeout=60)
+    assert "[worker] model_registry" in node.log() and "not supported by this build yet" in node.log()
