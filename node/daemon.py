@@ -58,11 +58,13 @@ class Daemon:
         self._redis: RedisConnection | None = None
         self._http: web.AppRunner | None = None
         self._membership: Membership | None = None
+        self._reloading: asyncio.Task | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             await self._start()
         except CynodeError as exc:
@@ -80,6 +82,19 @@ class Daemon:
         await self._shutdown(drain=True)
         log.info("node %s stopped", self.config.node.id)
         return 0
+
+    def _on_hangup(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._reload(), name="sighup-reload")
+
+    async def _reload(self) -> None:
+        log.info("SIGHUP received: reloading")
+        for role in list(self._roles):
+            if role.name in self._serving:
+                try:
+                    await role.reload()
+                except Exception:
+                    log.exception("reloading %s failed; it keeps its previous state", role.name)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():

@@ -59,6 +59,10 @@ class Role(abc.ABC):
     async def stop(self) -> None:
         """Release everything; must not raise, and must be safe to call after a failed start."""
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read what this role reads from files, without dropping work in progress.
+        A bad file is logged and the old state kept; must not raise."""
+
     def readiness(self) -> tuple[bool, str]:
         """(ready, detail) for /readyz."""
         return True, "ok"

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .types import Address, Duration, LocalPath, split_host_port
+from .types import Address, ByteSize, Duration, LocalPath, split_host_port
 
 ROLE_NAMES = ("gateway", "coordinator", "worker")
 BACKEND_NAMES = (
@@ -204,7 +204,7 @@ class WorkerSection(Section):
     backend: Literal[BACKEND_NAMES] = "auto"  # type: ignore[valid-type]
     """Inference backend (cpu-transformers, cuda-vllm, ...); auto picks from what the host has."""
     model_registry: LocalPath | None = None
-    """models.json listing the models this worker serves (not supported yet: start-up refuses it); default: the built-in model."""
+    """models.json listing the models this worker serves (reloaded on SIGHUP); default: the built-in model only."""
     models_dir: LocalPath | None = None
     """Where converted models are kept; default <data_dir>/models."""
     weight: int = Field(default=100, ge=1)
@@ -212,7 +212,11 @@ class WorkerSection(Section):
     tags: tuple[str, ...] = ("inference", "training")
     """What this worker offers."""
     max_concurrency: int = Field(default=8, ge=1)
-    """Requests generated at once; more wait for a slot."""
+    """Requests generated at once per model; more wait for a slot."""
+    memory_budget: ByteSize | None = None
+    """Memory the loaded models may use ("24GiB"); default: 80% of what is available at start."""
+    idle_unload: Duration = 0.0
+    """Unload a model nobody used for this long ("0s": never)."""
     sim: SimSection = SimSection()
     """Pacing of the `sim` backend (benchmarks of cynode's own overhead; never a default)."""
 

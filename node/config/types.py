@@ -38,6 +38,34 @@ Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(for
 """Seconds, written in `node.toml` as a string with a unit."""
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_size(value: object) -> int:
+    """Turn "8GiB" / "512MB" / a byte count into bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a size (expected a number and a unit, e.g. \"8GiB\" or \"512MB\")")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def format_size(size: int) -> str:
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size}B"
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str, when_used="json")]
+"""Bytes, written in `node.toml` as a string with a unit ("8GiB")."""
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     """Split "host:port" / "[v6]:port"; raises ValueError with the reason."""
     if not isinstance(value, str):

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cynode.rpc import common_pb2 as cynode_dot_rpc_dot_common__pb2
 from cynode.rpc import coordinator_pb2 as cynode_dot_rpc_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -56,8 +57,8 @@ class CoordinatorStub:
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cynode.v1.Coordinator/ListModels',
-                request_serializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.FromString,
+                request_serializer=cynode_dot_rpc_dot_common__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_common__pb2.ListModelsReply.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/cynode.v1.Coordinator/Status',
@@ -139,8 +140,8 @@ def add_CoordinatorServicer_to_server(servicer, server):
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.FromString,
-                    response_serializer=cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.SerializeToString,
+                    request_deserializer=cynode_dot_rpc_dot_common__pb2.ListModelsRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_common__pb2.ListModelsReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -281,8 +282,8 @@ class Coordinator:
             request,
             target,
             '/cynode.v1.Coordinator/ListModels',
-            cynode_dot_rpc_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
-            cynode_dot_rpc_dot_coordinator__pb2.ListModelsReply.FromString,
+            cynode_dot_rpc_dot_common__pb2.ListModelsRequest.SerializeToString,
+            cynode_dot_rpc_dot_common__pb2.ListModelsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cynode.rpc import common_pb2 as cynode_dot_rpc_dot_common__pb2
 from cynode.rpc import worker_pb2 as cynode_dot_rpc_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,21 @@ class WorkerStub:
                 request_serializer=cynode_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
                 response_deserializer=cynode_dot_rpc_dot_worker__pb2.HealthReply.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/cynode.v1.Worker/LoadModel',
+                request_serializer=cynode_dot_rpc_dot_worker__pb2.ModelRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_worker__pb2.ModelReply.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/cynode.v1.Worker/UnloadModel',
+                request_serializer=cynode_dot_rpc_dot_worker__pb2.ModelRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_worker__pb2.ModelReply.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/cynode.v1.Worker/ListModels',
+                request_serializer=cynode_dot_rpc_dot_common__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_common__pb2.ListModelsReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -64,6 +80,27 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Load a registered model now (instead of on its first request), evicting idle ones if needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unload a model once its running requests finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every registered model, loaded or not, with its memory footprint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +113,21 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=cynode_dot_rpc_dot_worker__pb2.HealthRequest.FromString,
                     response_serializer=cynode_dot_rpc_dot_worker__pb2.HealthReply.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=cynode_dot_rpc_dot_worker__pb2.ModelRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_worker__pb2.ModelReply.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=cynode_dot_rpc_dot_worker__pb2.ModelRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_worker__pb2.ModelReply.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=cynode_dot_rpc_dot_common__pb2.ListModelsRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_common__pb2.ListModelsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +184,87 @@ class Worker:
             '/cynode.v1.Worker/Health',
             cynode_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
             cynode_dot_rpc_dot_worker__pb2.HealthReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Worker/LoadModel',
+            cynode_dot_rpc_dot_worker__pb2.ModelRequest.SerializeToString,
+            cynode_dot_rpc_dot_worker__pb2.ModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Worker/UnloadModel',
+            cynode_dot_rpc_dot_worker__pb2.ModelRequest.SerializeToString,
+            cynode_dot_rpc_dot_worker__pb2.ModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Worker/ListModels',
+            cynode_dot_rpc_dot_common__pb2.ListModelsRequest.SerializeToString,
+            cynode_dot_rpc_dot_common__pb2.ListModelsReply.FromString,
             options,
             channel_credentials,
             insecure,

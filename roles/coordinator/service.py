@@ -169,8 +169,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self._dispatcher.abandon(request.task_id, asyncio.CancelledError())
         return coordinator_pb2.CancelReply()
 
-    async def ListModels(self, request, context) -> coordinator_pb2.ListModelsReply:
-        return coordinator_pb2.ListModelsReply(models=[
+    async def ListModels(self, request, context) -> common_pb2.ListModelsReply:
+        return common_pb2.ListModelsReply(models=[
             common_pb2.ModelInfo(id=model_id, aliases=aliases, context_length=context_length, version=version, loaded=True)
             for model_id, (aliases, context_length, version) in sorted(self._pool.models().items())
         ])

@@ -11,7 +11,7 @@ from aiohttp import web
 from cynode.errors import AuthError, CapacityError, CynodeError, RequestError, UnavailableError
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
-from cynode.rpc import coordinator_pb2
+from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
 from .chat import chat_completions
@@ -37,7 +37,7 @@ def build_app(state: GatewayState, redis: RedisConnection | None, node_routes: l
 async def list_models(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     key = state.authenticate(request, "inference")
-    models = (await state.upstream.call("ListModels", coordinator_pb2.ListModelsRequest())).models
+    models = (await state.upstream.call("ListModels", common_pb2.ListModelsRequest())).models
     created = int(time.time())
     visible = [(m.id, "cynode") for m in models if key.allows_model(m.id)]
     return web.json_response(fmt.model_list(visible, created))

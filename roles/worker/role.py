@@ -1,4 +1,4 @@
-"""The worker role: hosts an inference engine behind the Worker gRPC service."""
+"""The worker role: the registry's models, loaded on demand by the MemoryManager, behind the Worker gRPC service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import grpc.aio
 
 from cynode.engines import create_engine, select_backend
 from cynode.engines.base import InferenceEngine
-from cynode.errors import CynodeError, StartupError
+from cynode.engines.memory_manager import MemoryManager
+from cynode.engines.registry import ModelRegistry, ModelSpec, sim_spec
+from cynode.errors import ConfigError, CynodeError, StartupError
 from cynode.role import Role, RoleContext
 from cynode.rpc import worker_pb2_grpc
 
@@ -20,6 +22,8 @@ from .service import WorkerService
 
 log = logging.getLogger(__name__)
 
+BUDGET_SHARE = 0.8  # of the memory available at start, when [worker] memory_budget is not set
+
 
 class WorkerRole(Role):
     name = "worker"
@@ -27,34 +31,37 @@ class WorkerRole(Role):
     def __init__(self, ctx: RoleContext) -> None:
         self._ctx = ctx
         self._config = ctx.config.worker
-        self._engine: InferenceEngine | None = None
+        self._manager: MemoryManager | None = None
+        self._service: WorkerService | None = None
         self._server: grpc.aio.Server | None = None
-        self._publisher: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._metrics = WorkerMetrics.register(ctx.telemetry)
 
     async def start(self) -> None:
-        if self._config.model_registry is not None:
-            # Refuse rather than ignore: a user listing models must not silently get only the built-in one.
-            raise StartupError(f"[worker] model_registry {str(self._config.model_registry)!r}: models.json is not "
-                               "supported by this build yet; remove the setting to serve the built-in model")
-        backend = select_backend(self._config.backend)
-        log.info("worker backend %s (asked for %s)", backend, self._config.backend)
         try:
-            # Blocking: the first start converts the built-in model (about 20 s).
-            self._engine = await asyncio.to_thread(
-                create_engine, backend, models_dir=self._ctx.config.models_path, max_concurrency=self._config.max_concurrency,
-                sim=self._config.sim.model_dump(),
-            )
-            await self._engine.start()
+            self._backend = select_backend(self._config.backend)
+            registry = self._registry()
         except CynodeError as exc:
-            raise StartupError(f"[worker] backend {backend!r}: {exc.message}") from exc
-        engine = self._engine
-        self._metrics.active.set_function(lambda: engine.health().active_requests)
+            raise StartupError(f"[worker] {exc.message}") from exc
+        log.info("worker backend %s (asked for %s); %d model(s) registered", self._backend, self._config.backend,
+                 len(registry.specs))
+        self._manager = MemoryManager(
+            registry, budget_bytes=self._config.memory_budget or _default_budget(), factory=self._make_engine,
+            idle_unload=self._config.idle_unload or None, per_model_concurrency=self._config.max_concurrency,
+        )
+        if self._config.model_registry is None:
+            # Only the built-in model: load it now, so the node is ready to answer when it says so.
+            try:
+                await self._manager.load(registry.specs[0].id)
+            except CynodeError as exc:
+                raise StartupError(f"[worker] backend {self._backend!r}: {exc.message}") from exc
+        self._service = WorkerService(self._ctx.config.node.id, self._backend, self._manager, self._metrics,
+                                      self._config.max_concurrency)
+        self._metrics.active.set_function(self._service.active_requests)
         self._metrics.gpu_memory_used.set_function(_resident_bytes)
         self._metrics.gpu_utilization.set_function(_cpu_percent())
-        service = WorkerService(self._ctx.config.node.id, engine, self._metrics, self._config.max_concurrency)
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
-        worker_pb2_grpc.add_WorkerServicer_to_server(service, self._server)
+        worker_pb2_grpc.add_WorkerServicer_to_server(self._service, self._server)
         try:
             bound = self._server.add_insecure_port(self._config.listen)
         except RuntimeError:  # newer grpcio raises instead of returning 0
@@ -62,19 +69,52 @@ class WorkerRole(Role):
         if bound == 0:
             raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port in use?)")
         await self._server.start()
-        log.info("worker serving %s on %s", ", ".join(m.id for m in engine.models()), self._config.listen)
+        log.info("worker serving %s on %s", ", ".join(s.id for s in registry.specs), self._config.listen)
+        self._tasks.append(asyncio.create_task(self._reap_idle_forever(), name="worker-idle-unload"))
         if self._ctx.membership is not None:
-            self._publisher = asyncio.create_task(self._publish_forever(), name="worker-gossip-meta")
+            self._tasks.append(asyncio.create_task(self._publish_forever(), name="worker-gossip-meta"))
+
+    def _registry(self) -> ModelRegistry:
+        if self._backend == "sim" and self._config.model_registry is None:
+            # The benchmarking backend serves one model, "sim", and nothing real.
+            return ModelRegistry([sim_spec()], builtin=False)
+        return ModelRegistry.load(self._config.model_registry)
+
+    def _make_engine(self, spec: ModelSpec) -> InferenceEngine:
+        """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use)."""
+        return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
+                             max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump())
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read models.json; new models become servable, removed ones unload once idle."""
+        if self._manager is None or self._config.model_registry is None:
+            return
+        try:
+            registry = ModelRegistry.load(self._config.model_registry)
+        except ConfigError as exc:
+            log.error("models.json not reloaded, keeping the previous registry:\n%s", exc)
+            return
+        self._manager.update_registry(registry)
+        log.info("models.json reloaded: %s", ", ".join(s.id for s in registry.specs))
+
+    async def _reap_idle_forever(self) -> None:
+        every = min(30.0, max(1.0, (self._config.idle_unload or 60.0) / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._manager.reap_idle()
+            except Exception:
+                log.exception("unloading idle models failed")
 
     async def _publish_forever(self, every: float = 2.0) -> None:
         """Keep this worker's facts in gossip metadata: coordinators find workers there."""
         while True:
             try:
-                health = self._engine.health()
                 self._ctx.membership.publish(
-                    models=[m.id for m in self._engine.models()], backend=self._engine.backend,
-                    active=health.active_requests, capacity=self._config.max_concurrency,
-                    weight=self._config.weight, tags=list(self._config.tags), free_mem=_free_memory(),
+                    models=[s.id for s in self._manager.registry.specs], loaded=self._manager.loaded(),
+                    backend=self._backend, active=self._service.active_requests(),
+                    capacity=self._config.max_concurrency, weight=self._config.weight, tags=list(self._config.tags),
+                    free_mem=_free_memory(),
                 )
             except Exception:
                 log.exception("publishing worker metadata failed")
@@ -86,20 +126,24 @@ class WorkerRole(Role):
             await self._server.stop(grace=timeout)
 
     async def stop(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+                await task
         if self._server:
             await self._server.stop(grace=None)
-        if self._engine:
-            await self._engine.close()
+        if self._manager:
+            await self._manager.close()
 
     def readiness(self) -> tuple[bool, str]:
-        if self._engine is None:
-            return False, "engine not started"
-        health = self._engine.health()
-        return health.ready, health.detail
+        if self._manager is None:
+            return False, "models not loaded yet"
+        return True, f"loaded: {', '.join(self._manager.loaded()) or 'none (models load on first use)'}"
+
+
+def _default_budget() -> int:
+    return int(_free_memory() * BUDGET_SHARE) or 1 << 30
 
 
 def _resident_bytes() -> float:
@@ -123,7 +167,7 @@ def _cpu_percent():
 
 
 def _free_memory() -> int:
-    """Bytes the host can still give (MemAvailable); accelerator memory comes with the memory manager."""
+    """Bytes the host can still give (MemAvailable)."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

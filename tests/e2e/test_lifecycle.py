@@ -112,9 +112,11 @@ def test_the_daemon_runs_as_a_module_and_reports_its_version():
     assert result.returncode == 0 and result.stdout.startswith("cynode ")
 
 
-def test_a_model_registry_this_build_cannot_read_stops_start_up_instead_of_being_ignored(tmp_path, models_dir):
+def test_a_bad_models_json_stops_start_up_naming_the_file_and_the_entry(tmp_path, models_dir):
+    registry = tmp_path / "models.json"
+    registry.write_text('{"models": [{"id": "a", "engine": "sim"}, {"id": "b", "source": {"path": "/nowhere"}}]}')
     node = CynodeProcess(tmp_path, redis_url="redis://127.0.0.1:1/0", models_dir=models_dir,
-                         extra={"node": {"roles": ["worker"]}, "worker": {"model_registry": str(tmp_path / "models.json")}})
+                         extra={"node": {"roles": ["worker"]}, "worker": {"model_registry": str(registry)}})
     with pytest.raises(RuntimeError, match="exited with 1"):
         node.start(timeout=60)
-    assert "[worker] model_registry" in node.log() and "not supported by this build yet" in node.log()
+    assert f"{registry}: models[1].source.path: /nowhere is not a folder" in node.log()

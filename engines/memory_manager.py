@@ -1,0 +1,371 @@
+"""The MemoryManager: which registry models are loaded on this worker, within a memory budget.
+
+    async with manager.use("tiny-a") as (engine, spec):   # loads on first use
+        async for delta in engine.generate(request): ...
+
+Rules, in the order a request meets them:
+- A name the registry does not know is a 404 (`model_not_found`).
+- Each model admits `per_model_concurrency` users at once; later ones queue first in, first out
+  (an `asyncio.Semaphore` per model), so `use` blocks while the model is full.
+- Loading is single-flight: however many requests arrive for a model that is not loaded, one load
+  runs and all of them await it. The load is a task of the manager's, shielded from its waiters, so
+  one client going away does not cancel the load for the others. A failed load leaves nothing
+  behind: every waiter gets the error and the next request tries again.
+- Before a load the model's footprint is estimated (`estimate_footprint`, or the function passed in).
+  If it does not fit the budget next to what is loaded or loading, the least recently used idle
+  models (no user inside `use`) are unloaded until it does. A model in use is never evicted: when the
+  idle ones are not enough, the load fails with a retryable EngineError naming the busy models.
+- `update_registry` (SIGHUP) swaps the registry: new models become usable at once; a model that left
+  the registry, or whose source changed, stops taking new requests and is unloaded once its last
+  user leaves (or by the next `reap_idle`, for one that was already idle).
+- `reap_idle` unloads models nobody used for `idle_unload` seconds; the worker calls it periodically.
+
+Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
+that" and the evictions themselves, so two loads never both count on the same freed memory. Model
+work (the factory, engine start and close) runs off the loop in the engines' own threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cynode.engines.base import InferenceEngine
+from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
+from cynode.errors import CynodeError, EngineError, RequestError
+
+log = logging.getLogger(__name__)
+
+# Beyond the weights: activations, the KV cache of a modest batch, the tokenizer, allocator slack.
+# A guess on the safe side for the small models a CPU worker serves; pass your own `footprint` to tune.
+FIXED_OVERHEAD = 256 * 2**20
+# The built-in SmolLM2-135M-Instruct has about 134.5 M parameters; its folder may not exist before
+# its first load (it is converted then), so its size is known, not measured.
+BUILTIN_PARAMS = 134_515_008
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8, "int8": 1}
+# Bytes per parameter of common GGUF quantisations, read from the file name ("...Q4_K_M.gguf").
+# An unknown name is taken as 4-bit, the most common and, by assuming the most parameters per byte,
+# the largest estimate.
+_GGUF_BYTES = (("q2", 0.33), ("q3", 0.43), ("q4", 0.56), ("q5", 0.69), ("q6", 0.82), ("q8", 1.06),
+               ("bf16", 2.0), ("f16", 2.0), ("f32", 4.0))
+
+
+def estimate_footprint(spec: ModelSpec) -> int:
+    """Bytes the model will take once loaded: weights as loaded, plus FIXED_OVERHEAD.
+
+    Weights as loaded = parameters × bytes per parameter of the load dtype, where parameters =
+    total size of the weight files / bytes per parameter of the stored dtype (config.json's
+    `dtype`/`torch_dtype` for a folder, the quantisation in the file name for a GGUF, which
+    transformers dequantises on load). The load dtype "auto" counts as float32, what the
+    transformers engine uses on CPU. The `sim` engine holds no weights and counts 0.
+    """
+    if spec.engine == "sim":
+        return 0
+    load_bytes = _DTYPE_BYTES.get(spec.dtype, 4)
+    if spec.source_kind == "builtin" or spec.path is None:
+        return int(BUILTIN_PARAMS * load_bytes) + FIXED_OVERHEAD
+    if spec.source_kind == "gguf":
+        name = spec.path.name.lower()
+        stored = next((b for tag, b in _GGUF_BYTES if tag in name), 0.56)
+        size = spec.path.stat().st_size if spec.path.is_file() else 0
+        return int(size / stored * load_bytes) + FIXED_OVERHEAD
+    size = sum(p.stat().st_size for p in spec.path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return int(size / _stored_bytes(spec.path) * load_bytes) + FIXED_OVERHEAD
+
+
+def _stored_bytes(folder: Path) -> int:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return 4
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One model's place on this worker: its engine (when loaded), its users and its queue."""
+
+    spec: ModelSpec
+    semaphore: asyncio.Semaphore
+    engine: InferenceEngine | None = None
+    loading: asyncio.Task | None = None
+    footprint: int = 0  # reserved while loading, held while loaded
+    in_use: int = 0  # users inside `use`, including those waiting for the load
+    waiting: int = 0  # users queued behind the concurrency limit
+    last_used: float = 0.0
+    retired: bool = False  # gone from the registry (or changed): unload once idle
+    fingerprint: list = field(default_factory=list)
+
+
+class MemoryManager:
+    """Loads registry models on demand within `budget_bytes`; see the module docstring for the rules."""
+
+    def __init__(self, registry: ModelRegistry, *, budget_bytes: int,
+                 factory: Callable[[ModelSpec], InferenceEngine],
+                 footprint: Callable[[ModelSpec], int] = estimate_footprint,
+                 idle_unload: float | None = None, per_model_concurrency: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if budget_bytes < 1 or per_model_concurrency < 1 or (idle_unload is not None and idle_unload < 0):
+            raise ValueError("need budget_bytes >= 1, per_model_concurrency >= 1 and idle_unload >= 0 or None")
+        self._registry = registry
+        self.budget_bytes = budget_bytes
+        self._factory = factory
+        self._footprint = footprint
+        self._idle_unload = idle_unload
+        self._per_model = per_model_concurrency
+        self._clock = clock
+        self._slots: dict[str, _Slot] = {}  # by model id, for the current registry
+        self._retiring: list[_Slot] = []  # loaded models that left the registry and still have users
+        self._budget_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
+    @property
+    def used_bytes(self) -> int:
+        """Footprint of what is loaded or loading."""
+        return sum(s.footprint for s in self._all_slots())
+
+    # using -------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str) -> AsyncIterator[tuple[InferenceEngine, ModelSpec]]:
+        """Hold the model `name` (id or alias) for one request, loading it if needed.
+
+        Raises RequestError(404) for an unknown name and EngineError when the model cannot be
+        loaded (retryable when busy models hold the memory it needs).
+        """
+        while True:
+            slot = self._slot(name)
+            slot.waiting += 1
+            try:
+                await slot.semaphore.acquire()
+            finally:
+                slot.waiting -= 1
+            if not slot.retired:
+                break
+            slot.semaphore.release()  # the registry changed while we queued: queue for the new model
+        slot.in_use += 1
+        try:
+            engine = await self._ensure_loaded(slot)
+            yield engine, slot.spec
+        finally:
+            slot.in_use -= 1
+            slot.last_used = self._clock()
+            slot.semaphore.release()
+            if slot.retired and slot.in_use == 0 and slot.engine is not None:
+                async with self._budget_lock:
+                    await self._unload_slot(slot)
+
+    async def load(self, name: str) -> None:
+        """Load `name` now (no-op when loaded), e.g. to warm a model up before traffic arrives."""
+        slot = self._slot(name)
+        slot.in_use += 1  # protects it from eviction while loading, as a user would
+        try:
+            await self._ensure_loaded(slot)
+        finally:
+            slot.in_use -= 1
+            slot.last_used = self._clock()
+
+    async def unload(self, name: str) -> None:
+        """Unload `name` now; an EngineError (retryable) if requests are using it."""
+        slot = self._slot(name)
+        if slot.loading is not None:
+            with contextlib.suppress(CynodeError):
+                await asyncio.shield(slot.loading)
+        if slot.in_use:
+            raise EngineError(f"model {slot.spec.id} is in use by {slot.in_use} request(s); unload it once they end",
+                              retryable=True)
+        if slot.engine is not None:
+            async with self._budget_lock:
+                await self._unload_slot(slot)
+
+    # status ------------------------------------------------------------------------------------
+
+    def loaded(self) -> list[str]:
+        """Ids of the models loaded now (a model retiring after a registry change included)."""
+        return sorted({s.spec.id for s in self._all_slots() if s.engine is not None})
+
+    def status(self) -> list[dict]:
+        """One entry per registry model (and per retiring one): what gossip and /metrics report."""
+        out = []
+        for spec in self._registry.specs:
+            slot = self._slots.get(spec.id)
+            out.append(self._describe(spec, slot))
+        out.extend({**self._describe(s.spec, s), "retiring": True} for s in self._retiring)
+        return out
+
+    def _describe(self, spec: ModelSpec, slot: _Slot | None) -> dict:
+        return {"id": spec.id, "loaded": bool(slot and slot.engine), "loading": bool(slot and slot.loading),
+                "in_use": slot.in_use if slot else 0, "waiting": slot.waiting if slot else 0,
+                "last_used": slot.last_used if slot and slot.last_used else None,
+                "footprint": slot.footprint if slot and (slot.engine or slot.loading) else None,
+                "retiring": False}
+
+    # registry changes and idle models ------------------------------------------------------------
+
+    def update_registry(self, registry: ModelRegistry) -> None:
+        """Serve `registry` from now on (SIGHUP). Models it drops or changes are unloaded once idle."""
+        self._registry = registry
+        for model_id, slot in list(self._slots.items()):
+            new = registry.resolve(model_id)
+            if new is not None and new.id == model_id and _same_load(slot, new):
+                slot.spec = new  # only tags, aliases or sampling defaults changed: keep the engine
+                continue
+            del self._slots[model_id]
+            slot.retired = True
+            if slot.engine is not None or slot.loading is not None:
+                self._retiring.append(slot)
+            log.info("model %s %s the registry; unloading it once idle", model_id,
+                     "changed in" if new is not None else "left")
+
+    async def reap_idle(self) -> list[str]:
+        """Unload models idle for longer than `idle_unload`, and idle retiring ones; return their ids."""
+        now = self._clock()
+        reaped = []
+        async with self._budget_lock:
+            for slot in list(self._all_slots()):
+                if slot.engine is None or slot.in_use or slot.loading is not None:
+                    continue
+                expired = self._idle_unload is not None and now - slot.last_used >= self._idle_unload
+                if slot.retired or expired:
+                    await self._unload_slot(slot)
+                    reaped.append(slot.spec.id)
+        if reaped:
+            log.info("unloaded idle model(s): %s", ", ".join(reaped))
+        return reaped
+
+    async def close(self) -> None:
+        """Unload everything, in use or not (shutdown); later `use` calls fail. Safe to call twice."""
+        self._closed = True
+        for slot in list(self._all_slots()):
+            if slot.loading is not None:
+                slot.loading.cancel()
+                with contextlib.suppress(BaseException):
+                    await slot.loading
+            if slot.engine is not None:
+                await self._unload_slot(slot)
+        self._retiring.clear()
+
+    # internals ---------------------------------------------------------------------------------
+
+    def _all_slots(self) -> list[_Slot]:
+        return [*self._slots.values(), *self._retiring]
+
+    def _slot(self, name: str) -> _Slot:
+        if self._closed:
+            raise EngineError("the memory manager is closed (the worker is shutting down)", retryable=True)
+        spec = self._registry.resolve(name)
+        if spec is None:
+            known = ", ".join(s.id for s in self._registry.specs)
+            raise RequestError(f"model {name!r} does not exist on this worker (it serves: {known})",
+                               status=404, code="model_not_found", param="model")
+        slot = self._slots.get(spec.id)
+        if slot is None:
+            slot = self._slots[spec.id] = _Slot(spec, asyncio.Semaphore(self._per_model))
+        return slot
+
+    async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
+        if slot.engine is not None:
+            return slot.engine
+        if slot.loading is None:
+            slot.loading = asyncio.create_task(self._load(slot), name=f"load-{slot.spec.id}")
+            slot.loading.add_done_callback(lambda task, slot=slot: self._load_done(slot, task))
+        task = slot.loading
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The load itself was cancelled (close()), not this waiter: say so rather than look cancelled.
+            if task.cancelled() and not asyncio.current_task().cancelling():
+                raise EngineError(f"model {slot.spec.id}: loading was cancelled (the worker is shutting down)",
+                                  retryable=True) from None
+            raise
+
+    def _load_done(self, slot: _Slot, task: asyncio.Task) -> None:
+        slot.loading = None
+        if not task.cancelled() and task.exception() is not None:  # retrieved here: waiters may all be gone
+            log.warning("loading model %s failed: %s", slot.spec.id, task.exception())
+
+    async def _load(self, slot: _Slot) -> InferenceEngine:
+        spec = slot.spec
+        try:
+            need = int(await asyncio.to_thread(self._footprint, spec))
+            fingerprint = await asyncio.to_thread(source_fingerprint, spec)
+        except OSError as exc:
+            raise EngineError(f"model {spec.id}: cannot read its files: {exc}") from exc
+        async with self._budget_lock:
+            await self._make_room(slot, need)
+            slot.footprint = need  # reserved: later loads count it
+        engine = None
+        try:
+            log.info("loading model %s (about %s)", spec.id, _size(need))
+            engine = await asyncio.to_thread(self._factory, spec)
+            await engine.start()
+        except BaseException as exc:
+            slot.footprint = 0
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    await engine.close()
+            if isinstance(exc, CynodeError) or not isinstance(exc, Exception):
+                raise
+            raise EngineError(f"model {spec.id}: loading failed: {exc}") from exc
+        slot.engine, slot.fingerprint, slot.last_used = engine, fingerprint, self._clock()
+        return engine
+
+    async def _make_room(self, slot: _Slot, need: int) -> None:
+        """Evict least recently used idle models until `need` more bytes fit. Holds the budget lock."""
+        others = [s for s in self._all_slots() if s is not slot and s.footprint]
+        free = self.budget_bytes - sum(s.footprint for s in others)
+        if need <= free:
+            return
+        idle = sorted((s for s in others if s.engine is not None and s.in_use == 0 and s.loading is None),
+                      key=lambda s: (not s.retired, s.last_used))  # retiring ones go first
+        victims = []
+        for victim in idle:
+            if need <= free:
+                break
+            victims.append(victim)
+            free += victim.footprint
+        if need > free:
+            busy = [s for s in others if s not in victims]
+            held = ", ".join(f"{s.spec.id} ({_size(s.footprint)}, "
+                             f"{'loading' if s.loading else f'{s.in_use} request(s)'})" for s in busy) or "none"
+            raise EngineError(f"not enough memory to load model {slot.spec.id}: need {_size(need)}, budget "
+                              f"{_size(self.budget_bytes)}, in use by busy models: {held}",
+                              retryable=need <= self.budget_bytes)
+        for victim in victims:
+            log.info("evicting idle model %s (last used %.0f s ago) to load %s", victim.spec.id,
+                     self._clock() - victim.last_used, slot.spec.id)
+            await self._unload_slot(victim)
+
+    async def _unload_slot(self, slot: _Slot) -> None:
+        engine, slot.engine = slot.engine, None  # new users start a fresh load rather than use a closing engine
+        try:
+            if engine is not None:
+                await engine.close()
+        finally:
+            slot.footprint = 0
+            if slot.retired and slot in self._retiring:
+                self._retiring.remove(slot)
+
+
+def _same_load(slot: _Slot, new: ModelSpec) -> bool:
+    """Whether the loaded engine still serves `new`: same source, engine and load settings, same files."""
+    old = slot.spec
+    same = (old.source_kind, old.path, old.engine, old.backend, old.dtype, old.context_length) == \
+           (new.source_kind, new.path, new.engine, new.backend, new.dtype, new.context_length)
+    return same and (slot.engine is None or slot.fingerprint == source_fingerprint(new))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
