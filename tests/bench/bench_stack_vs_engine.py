@@ -1,11 +1,12 @@
-"""Single-stream speed of the real model through the full stack versus the engine in-process.
+"""Single-stream speed of the real model: the engine in-process, the worker over gRPC, the full stack.
 
     make bench
 
 Same machine, same run, same greedy request: first the cpu-transformers engine called directly,
-then a real `cynode run` daemon (all roles, embedded Redis) reached over HTTP with SSE. Prints time
-to first token and decode tokens/s for each and the ratio stack/engine; the gap is what the
-gateway → coordinator → worker path costs.
+then a real `cynode run` daemon (all roles, embedded Redis): its worker's Predict stream called
+directly over signed gRPC, and the full path over HTTP with SSE. Prints time to first token and
+decode tokens/s for each and their ratios to the engine: the gaps are what gRPC, and then the
+gateway → coordinator → worker path, cost.
 """
 
 from __future__ import annotations
@@ -66,7 +67,36 @@ async def engine_in_process(models_dir: Path) -> dict:
     return summarize(samples)
 
 
-def full_stack(models_dir: Path, workdir: Path) -> dict:
+async def worker_over_grpc(node) -> dict:
+    """Predict on the daemon's worker, signed with its cluster key, as the gateway calls it."""
+    from cynode.cluster_key import load_keys
+    from cynode.peer_auth import PeerAuth
+    from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
+
+    auth = PeerAuth(load_keys(node.workdir / "data" / "cluster.key"))
+    _, leader = node.get_json("/v1/cluster/leader", node.api_key())
+    epoch = leader["epoch"]  # the worker refuses calls from an older leader epoch than it has seen
+    samples = []
+    async with auth.channel(f"{node.host}:{node.ports['worker']}") as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        for run in range(RUNS + 1):
+            request = worker_pb2.PredictRequest(
+                request_id=f"grpc-{run}", model=BUILTIN_MODEL_ID, messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
+                sampling=common_pb2.SamplingParams(temperature=0, max_tokens=MAX_TOKENS), epoch=epoch)
+            start = time.perf_counter()
+            first = None
+            tokens = 0
+            async for chunk in stub.Predict(request, timeout=300):
+                if chunk.token_ids and first is None:
+                    first = time.perf_counter()
+                if chunk.finish_reason:
+                    tokens = chunk.usage.completion_tokens
+            if run:
+                samples.append((first - start, time.perf_counter() - first, tokens))
+    return summarize(samples)
+
+
+def full_stack(models_dir: Path, workdir: Path) -> tuple[dict, dict]:
     node = CynodeProcess(workdir, redis_url=f"redis://127.0.0.1:{free_port()}/0", models_dir=models_dir,
                          embedded_redis=True).start()
     samples = []
@@ -93,9 +123,10 @@ def full_stack(models_dir: Path, workdir: Path) -> dict:
                 assert reply.headers.get("X-Cache") == "miss", "the benchmark must measure generation, not the cache"
                 if run:
                     samples.append((first - start, time.perf_counter() - first, tokens))
+        grpc_only = asyncio.run(worker_over_grpc(node))
     finally:
         node.terminate()
-    return summarize(samples)
+    return grpc_only, summarize(samples)
 
 
 def main() -> None:
@@ -104,14 +135,16 @@ def main() -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     engine = asyncio.run(engine_in_process(models_dir))
     with tempfile.TemporaryDirectory() as tmp:
-        stack = full_stack(models_dir, Path(tmp))
+        grpc_only, stack = full_stack(models_dir, Path(tmp))
     print(f"\nSmolLM2-135M-Instruct, cpu-transformers, greedy, {MAX_TOKENS} new tokens, median of {RUNS} runs")
     print(f"{'path':<34}{'TTFT ms':>10}{'decode tok/s':>15}{'tokens':>8}")
     print(f"{'engine in-process':<34}{engine['ttft_ms']:>10.1f}{engine['tok_s']:>15.2f}{engine['tokens']:>8.0f}")
-    print(f"{'full stack (HTTP→coord→worker)':<34}{stack['ttft_ms']:>10.1f}{stack['tok_s']:>15.2f}{stack['tokens']:>8.0f}")
-    print(f"{'ratio stack / engine':<34}{stack['ttft_ms'] / engine['ttft_ms']:>10.2f}"
-          f"{stack['tok_s'] / engine['tok_s']:>15.2f}")
-    print(f"added TTFT: {stack['ttft_ms'] - engine['ttft_ms']:.1f} ms")
+    for name, row in (("worker over gRPC", grpc_only), ("full stack (HTTP→coord→worker)", stack)):
+        print(f"{name:<34}{row['ttft_ms']:>10.1f}{row['tok_s']:>15.2f}{row['tokens']:>8.0f}")
+    for name, row in (("ratio gRPC / engine", grpc_only), ("ratio stack / engine", stack)):
+        print(f"{name:<34}{row['ttft_ms'] / engine['ttft_ms']:>10.2f}{row['tok_s'] / engine['tok_s']:>15.2f}")
+    print(f"added TTFT: gRPC {grpc_only['ttft_ms'] - engine['ttft_ms']:.1f} ms, "
+          f"full stack {stack['ttft_ms'] - engine['ttft_ms']:.1f} ms")
 
 
 if __name__ == "__main__":
