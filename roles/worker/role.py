@@ -58,8 +58,9 @@ class WorkerRole(Role):
         self._service = WorkerService(self._ctx.config.node.id, self._backend, self._manager, self._metrics,
                                       self._config.max_concurrency)
         self._metrics.active.set_function(self._service.active_requests)
-        self._metrics.gpu_memory_used.set_function(_resident_bytes)
-        self._metrics.gpu_utilization.set_function(_cpu_percent())
+        gpu = _nvidia_gauges()
+        self._metrics.gpu_memory_used.set_function(gpu[0] if gpu else _resident_bytes)
+        self._metrics.gpu_utilization.set_function(gpu[1] if gpu else _cpu_percent())
         self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
         worker_pb2_grpc.add_WorkerServicer_to_server(self._service, self._server)
         try:
@@ -144,6 +145,20 @@ class WorkerRole(Role):
 
 def _default_budget() -> int:
     return int(_free_memory() * BUDGET_SHARE) or 1 << 30
+
+
+def _nvidia_gauges():
+    """(memory used, utilisation %) of GPU 0 through NVML when nvidia-ml-py and an NVIDIA GPU are there;
+    None otherwise (the CPU's figures stand in). Not verified here: these machines have no GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # no package, no driver or no device: a CPU host
+        return None
+    return (lambda: float(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
+            lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
 
 
 def _resident_bytes() -> float:
