@@ -12,8 +12,11 @@ An engine owns one or more models and turns a `GenerationRequest` into an async 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+from cynode.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,21 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def check_sampling(s: SamplingParams) -> None:
+    """Refuse sampling values no backend honours, naming the parameter (a 400 for the client)."""
+    for param, bad, rule in (
+        ("temperature", not (math.isfinite(s.temperature) and 0.0 <= s.temperature <= 2.0), "must be in [0, 2]"),
+        ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
+        ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
+        ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
+        ("presence_penalty", not -2.0 <= s.presence_penalty <= 2.0, "must be in [-2, 2]"),
+        ("frequency_penalty", not -2.0 <= s.frequency_penalty <= 2.0, "must be in [-2, 2]"),
+        ("repetition_penalty", not (math.isfinite(s.repetition_penalty) and s.repetition_penalty > 0), "must be > 0"),
+    ):
+        if bad:
+            raise RequestError(f"{param} {rule}, got {getattr(s, param)!r}", status=400, param=param)
 
 
 @dataclass(frozen=True)

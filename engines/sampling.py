@@ -19,18 +19,6 @@ from collections.abc import Sequence
 import torch
 
 from cynode.engines.base import SamplingParams
-from cynode.errors import RequestError
-
-
-def check_sampling(s: SamplingParams) -> None:
-    """Refuse parameters no backend can honour, naming the parameter (a 400 for the client)."""
-    for param, bad, rule in (("temperature", s.temperature < 0, "must be >= 0"),
-                             ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
-                             ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
-                             ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
-                             ("repetition_penalty", s.repetition_penalty <= 0, "must be > 0")):
-        if bad:
-            raise RequestError(f"{param} {rule}, got {getattr(s, param)!r}", status=400, param=param)
 
 
 class TokenSampler:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta
 from cynode.engines.detokenizer import DeltaAssembler
-from cynode.engines.sampling import check_sampling
+from cynode.engines.base import check_sampling
 from cynode.errors import EngineError, RequestError
 
 WORDS = (" The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ",", " and",

@@ -28,7 +28,8 @@ from transformers.utils import logging as hf_logging
 from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta
 from cynode.engines.batcher import ContinuousBatcher, Sequence
 from cynode.engines.detokenizer import DeltaAssembler
-from cynode.engines.sampling import TokenSampler, check_sampling
+from cynode.engines.base import check_sampling
+from cynode.engines.sampling import TokenSampler
 from cynode.errors import EngineError, RequestError
 
 

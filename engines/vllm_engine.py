@@ -34,8 +34,9 @@ from pathlib import Path
 from cynode.engines.base import (
     EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta, Usage,
 )
+from cynode.engines.base import check_sampling
 from cynode.engines.vllm_params import (
-    VllmSettings, check_sampling, completion_tokens, engine_kwargs, finish_reason, missing_vllm_message,
+    VllmSettings, completion_tokens, engine_kwargs, finish_reason, missing_vllm_message,
     resolve_max_tokens, sampling_kwargs,
 )
 from cynode.errors import EngineError, RequestError

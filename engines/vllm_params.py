@@ -11,7 +11,6 @@ answer that ends by itself.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from cynode.engines.base import SamplingParams
@@ -83,22 +82,6 @@ def engine_kwargs(model_dir: str, model_id: str, settings: VllmSettings) -> dict
         if settings.max_cpu_loras is not None:
             kwargs["max_cpu_loras"] = settings.max_cpu_loras
     return kwargs
-
-
-def check_sampling(s: SamplingParams) -> None:
-    """Reject what vLLM would reject, with cynode's error shape and the parameter named."""
-    for param, bad, rule in (
-        ("temperature", not (math.isfinite(s.temperature) and 0.0 <= s.temperature <= 2.0), "must be in [0, 2]"),
-        ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
-        ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
-        ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
-        ("presence_penalty", not -2.0 <= s.presence_penalty <= 2.0, "must be in [-2, 2]"),
-        ("frequency_penalty", not -2.0 <= s.frequency_penalty <= 2.0, "must be in [-2, 2]"),
-        ("repetition_penalty", not (math.isfinite(s.repetition_penalty) and s.repetition_penalty > 0),
-         "must be > 0"),
-    ):
-        if bad:
-            raise RequestError(f"{param} {rule}, got {getattr(s, param)!r}", status=400, param=param)
 
 
 def sampling_kwargs(s: SamplingParams, max_tokens: int) -> dict:
