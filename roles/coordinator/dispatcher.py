@@ -39,7 +39,6 @@ class Waiter:
     model: str
     exclude: tuple[str, ...]
     prefix: str
-    since: float
     users: int = 0  # Admit calls waiting on it (a gateway may ask again while its first call waits)
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -66,7 +65,7 @@ class Dispatcher:
         """Wait for `task_id` to be handed a worker; raises TimeoutError or the reason it never will."""
         waiter = self._waiters.get(task_id)
         if waiter is None or waiter.future.done():
-            waiter = self._waiters[task_id] = Waiter(model, exclude, prefix, self._clock())
+            waiter = self._waiters[task_id] = Waiter(model, exclude, prefix)
         self._orphans.pop(task_id, None)
         waiter.users += 1
         self.wake()

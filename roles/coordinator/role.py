@@ -8,7 +8,7 @@ import logging
 
 import grpc.aio
 
-from cynode.config import connect_host, join_host_port, split_host_port
+from cynode.config import join_host_port
 from cynode.errors import StartupError
 from cynode.role import Role, RoleContext
 from cynode.rpc import coordinator_pb2_grpc
@@ -52,8 +52,7 @@ class CoordinatorRole(Role):
             node_id=ctx.config.node.id,
             boot_id=ctx.boot_id,
             # The address gateways dial: the one gossip publishes, so every view of this node agrees.
-            address=(ctx.membership.service_address("coordinator") if ctx.membership
-                     else _advertised(ctx.config.node.advertise, self._config.listen)),
+            address=ctx.membership.service_address("coordinator"),
             ttl=self._config.leader_ttl,
             on_change=self._leadership_changed,
         )
@@ -157,10 +156,6 @@ class CoordinatorRole(Role):
         role = f"leader (epoch {self._election.epoch})" if self._election.is_leader else "standby"
         return True, f"{role}, {healthy}/{len(self._pool.workers)} workers healthy"
 
-
-def _advertised(advertise: str, listen: str) -> str:
-    host, port = split_host_port(listen)
-    return join_host_port(advertise or connect_host(host), port)
 
 
 async def _logged(coro, what: str) -> None:

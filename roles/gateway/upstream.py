@@ -19,7 +19,7 @@ import grpc.aio
 from cynode.errors import CapacityError, RequestError, UnavailableError
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
-from cynode.rpc import coordinator_pb2, coordinator_pb2_grpc, worker_pb2_grpc
+from cynode.rpc import coordinator_pb2_grpc, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import signal
 import time
 
 import httpx
-import pytest
 
 from cluster_harness import Cluster, chat, wait_for
 from redis_harness import RedisServer
