@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-coordinator bench-engines bench-vllm bench-gossip protos check-protos clean
+.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip protos check-protos clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ test: install install-vllm
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_stack_vs_engine.py
+
+bench-overhead: install
+	$(BIN)/python tests/bench/bench_overhead.py
 
 bench-coordinator: install
 	$(BIN)/python tests/bench/bench_coordinator.py

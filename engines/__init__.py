@@ -11,7 +11,8 @@ from cynode.engines.base import (
     Usage,
 )
 from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ensure_builtin_model
-from cynode.engines.factory import BACKENDS, Probe, create_engine, select_backend
+from cynode.engines.factory import create_engine
+from cynode.engines.platform import BACKENDS, Platform, Probe, platform_of, select_backend
 
 __all__ = [
     "BACKENDS",
@@ -22,11 +23,13 @@ __all__ = [
     "GenerationRequest",
     "InferenceEngine",
     "ModelCard",
+    "Platform",
     "Probe",
     "SamplingParams",
     "TokenDelta",
     "Usage",
     "create_engine",
     "ensure_builtin_model",
+    "platform_of",
     "select_backend",
 ]

@@ -12,51 +12,25 @@ An engine owns one or more models and turns a `GenerationRequest` into an async 
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cynode.errors import RequestError
+from cynode.inference import ChatMessage, Usage
+from cynode.sampling import SamplingParams
+
+__all__ = ["ChatMessage", "EngineHealth", "GenerationRequest", "InferenceEngine", "ModelCard", "SamplingParams",
+           "TokenDelta", "Usage", "check_sampling"]
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """OpenAI sampling semantics; temperature 0 means greedy."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k cut
-    max_tokens: int | None = None  # None: up to the context length
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-
-def check_sampling(s: SamplingParams) -> None:
-    """Refuse sampling values no backend honours, naming the parameter (a 400 for the client)."""
-    for param, bad, rule in (
-        ("temperature", not (math.isfinite(s.temperature) and 0.0 <= s.temperature <= 2.0), "must be in [0, 2]"),
-        ("top_p", not 0.0 < s.top_p <= 1.0, "must be in (0, 1]"),
-        ("top_k", s.top_k < 0, "must be >= 0 (0 means no top-k cut)"),
-        ("max_tokens", s.max_tokens is not None and s.max_tokens < 1, "must be >= 1"),
-        ("presence_penalty", not -2.0 <= s.presence_penalty <= 2.0, "must be in [-2, 2]"),
-        ("frequency_penalty", not -2.0 <= s.frequency_penalty <= 2.0, "must be in [-2, 2]"),
-        ("repetition_penalty", not (math.isfinite(s.repetition_penalty) and s.repetition_penalty > 0), "must be > 0"),
-    ):
-        if bad:
-            raise RequestError(f"{param} {rule}, got {getattr(s, param)!r}", status=400, param=param)
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
+def check_sampling(s: SamplingParams) -> SamplingParams:
+    """`s` resolved to concrete values (the rules' defaults where not given); refuses values the
+    rules do not allow, naming the parameter (a 400 for the client)."""
+    problems = s.problems()
+    if problems:
+        param, code, rule = problems[0]
+        raise RequestError(f"{param} {rule}, got {getattr(s, param, None)!r}", status=400, param=param, code=code)
+    return s.resolved()
 
 
 @dataclass(frozen=True)
@@ -74,16 +48,6 @@ class GenerationRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     continuation: str = ""
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True)

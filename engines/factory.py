@@ -16,52 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cynode.engines.base import InferenceEngine
+from cynode.engines.platform import Probe, select_backend
 from cynode.errors import EngineError
 
-if TYPE_CHECKING:  # the registry imports BACKENDS from here
+if TYPE_CHECKING:  # the registry imports this module's neighbours; only the type is needed here
     from cynode.engines.registry import ModelSpec
-
-BACKENDS = (
-    "cpu-transformers", "cuda-transformers", "ascend-transformers",
-    "cpu-vllm", "cuda-vllm", "ascend-vllm",
-    "ascend-mindie", "cuda-trtllm", "sim",
-)
-
-
-class Probe:
-    """What the host has. Tests pass their own instance to pretend to be another host."""
-
-    def cuda(self) -> bool:
-        try:
-            import torch
-        except ImportError:
-            return False
-        return bool(torch.cuda.is_available())
-
-    def npu(self) -> bool:
-        if importlib.util.find_spec("torch_npu") is None:
-            return False
-        try:
-            import torch
-            import torch_npu  # noqa: F401  (registers torch.npu)
-        except Exception:  # a broken CANN install must not stop a CPU-only start
-            return False
-        return bool(getattr(torch, "npu", None) and torch.npu.is_available())
-
-
-def select_backend(requested: str, *, probe: Probe | None = None) -> str:
-    """Resolve "auto" to what this host can run; a known backend name is returned as-is."""
-    requested = requested.strip().lower()
-    if requested != "auto":
-        if requested not in BACKENDS:
-            raise EngineError(f"unknown backend {requested!r}; expected auto or one of {', '.join(BACKENDS)}")
-        return requested
-    probe = probe or Probe()
-    if probe.cuda():
-        return "cuda-transformers"
-    if probe.npu():
-        return "ascend-transformers"
-    return "cpu-transformers"
 
 
 def _model_dir(spec: ModelSpec, models_dir: Path) -> Path:

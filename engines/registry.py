@@ -24,37 +24,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cynode.engines.base import SamplingParams
 from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID
-from cynode.engines.factory import BACKENDS
+from cynode.engines.platform import BACKENDS
 from cynode.errors import ConfigError, EngineError
+from cynode.sampling import RULES, SamplingParams, check_stop, check_value
 
 ENGINES = ("transformers", "vllm", "sim")
 SOURCE_KINDS = ("builtin", "folder", "gguf", "none")
 # "auto": the backend's own default (float32 on CPU for transformers, the checkpoint's dtype for vLLM).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FIELDS = ("id", "aliases", "source", "engine", "backend", "dtype", "context_length", "tags", "default_sampling")
-# Sampling defaults a model may carry, and the rule each value must meet (None: any value of the type).
-_SAMPLING_RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
-    "temperature": ((int, float), lambda v: 0.0 <= v <= 2.0, "must be between 0 and 2"),
-    "top_p": ((int, float), lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
-    "top_k": ((int,), lambda v: v >= 0, "must be >= 0 (0 means no top-k cut)"),
-    "max_tokens": ((int,), lambda v: v >= 1, "must be >= 1"),
-    "stop": ((str, list), lambda v: isinstance(v, str) or all(isinstance(s, str) for s in v),
-             "must be a string or a list of strings"),
-    "seed": ((int,), lambda v: True, ""),
-    "presence_penalty": ((int, float), lambda v: -2.0 <= v <= 2.0, "must be between -2 and 2"),
-    "frequency_penalty": ((int, float), lambda v: -2.0 <= v <= 2.0, "must be between -2 and 2"),
-    "repetition_penalty": ((int, float), lambda v: v > 0, "must be > 0"),
-}
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """One model a worker may serve, as the registry describes it (nothing loaded)."""
@@ -68,7 +52,7 @@ class ModelSpec:
     dtype: str = "auto"
     context_length: int | None = None  # None: what the model's config says
     tags: tuple[str, ...] = ()
-    default_sampling: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    default_sampling: SamplingParams = field(default_factory=SamplingParams, hash=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -170,22 +154,6 @@ def source_fingerprint(spec: ModelSpec) -> list[tuple[str, int, int]]:
         name = str(file.relative_to(root)) if root else file.name
         out.append((name, st.st_size, st.st_mtime_ns))
     return out
-
-
-def sampling_for(spec: ModelSpec | None, explicit: Mapping[str, Any]) -> SamplingParams:
-    """The request's sampling: the model's `default_sampling`, overridden by what the client set.
-
-    `explicit` holds only the fields the client actually sent (None counts as not sent), so a model
-    default of temperature 0.7 applies unless the request names its own temperature.
-    """
-    merged: dict[str, Any] = dict(spec.default_sampling) if spec is not None else {}
-    merged.update({k: v for k, v in explicit.items() if v is not None})
-    if isinstance(merged.get("stop"), str):
-        merged["stop"] = (merged["stop"],)
-    elif "stop" in merged:
-        merged["stop"] = tuple(merged["stop"])
-    known = {f.name for f in fields(SamplingParams)}
-    return SamplingParams(**{k: v for k, v in merged.items() if k in known})
 
 
 # parsing -----------------------------------------------------------------------------------------
@@ -306,21 +274,26 @@ def _parse_source(entry: dict, where: str, base: Path, model_id: Any, problems: 
     return "gguf", path
 
 
-def _parse_sampling(value: Any, where: str, problems: list[str]) -> dict[str, Any]:
+def _parse_sampling(value: Any, where: str, problems: list[str]) -> SamplingParams:
     if not isinstance(value, dict):
         problems.append(f"{where}: must be an object, got {_kind(value)}")
-        return {}
+        return SamplingParams()
+    known = (*RULES, "stop")
+    ok = True
     for key, v in value.items():
-        rule = _SAMPLING_RULES.get(key)
-        if rule is None:
-            problems.append(f'{where}: unknown key "{key}" (known: {", ".join(_SAMPLING_RULES)})')
+        if key not in known:
+            problems.append(f'{where}: unknown key "{key}" (known: {", ".join(known)})')
+        elif (bad := (_stop_problem(v) if key == "stop" else check_value(key, v))) is not None:
+            problems.append(f"{where}.{key}: {bad[1]}, got {v!r}")
+        else:
             continue
-        types, ok, reason = rule
-        if isinstance(v, bool) or not isinstance(v, types) or (isinstance(v, float) and not math.isfinite(v)):
-            problems.append(f"{where}.{key}: wrong type {_kind(v)}")
-        elif not ok(v):
-            problems.append(f"{where}.{key}: {reason}, got {v!r}")
-    return dict(value)
+        ok = False
+    return SamplingParams.from_mapping(value) if ok else SamplingParams()
+
+
+def _stop_problem(value: Any) -> tuple[str, str] | None:
+    bad = check_stop(value)
+    return None if bad is None else (bad[0], bad[2] if bad[1] == "stop" else f"{bad[1]} {bad[2]}")  # (code, rule)
 
 
 def _strings(entry: dict, key: str, where: str, problems: list[str]) -> tuple[str, ...]:
@@ -343,6 +316,8 @@ def _kind(value: Any) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, SamplingParams):
+        return value.given()
     if isinstance(value, Mapping):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):

@@ -25,7 +25,7 @@ class TokenSampler:
     """Picks one sequence's next tokens; keeps what its penalties need (the tokens seen so far)."""
 
     def __init__(self, params: SamplingParams, prompt_ids: Sequence[int]) -> None:
-        self.params = params
+        self.params = params = params.resolved()
         self._repetition = params.repetition_penalty != 1.0
         self._presence_frequency = bool(params.presence_penalty or params.frequency_penalty)
         # HF's repetition penalty looks at the prompt too; OpenAI's penalties at the answer only (as vLLM).

@@ -141,8 +141,7 @@ class SimEngine(InferenceEngine):
         if not self._started or self._closed:
             raise EngineError(f"engine for {self.model_id} is {'closed' if self._closed else 'not started'}",
                               retryable=True)
-        params = request.sampling
-        check_sampling(params)
+        params = check_sampling(request.sampling)
         done = _tokens_in(request.continuation)  # a migrated request picks the cycle up where it was
         prompt_tokens = self._count_prompt(request) + done
         room = self.context_length - prompt_tokens

@@ -165,8 +165,7 @@ class TransformersEngine(InferenceEngine):
             raise RequestError(f"model {request.model!r} is not served here (this engine serves {self.model_id!r})",
                                status=404, code="model_not_found", param="model")
         self._check_running()
-        params = request.sampling
-        check_sampling(params)
+        params = check_sampling(request.sampling)
         input_ids = await asyncio.to_thread(self._encode, request)
         self._check_running()  # closed while encoding
         prompt_len = len(input_ids)

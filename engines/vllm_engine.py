@@ -298,8 +298,7 @@ class VllmEngine(InferenceEngine):
         if llm is None or self._closed:
             raise EngineError(f"engine for {self.model_id} is {'closed' if self._closed else 'not started'}",
                               retryable=True)
-        params = request.sampling
-        check_sampling(params)
+        params = check_sampling(request.sampling)
         stream = _Stream(request.request_id, request.model if lora is not None else None)
         self._streams.setdefault(stream.request_id, []).append(stream)
         try:

@@ -22,11 +22,13 @@ from .config import NodeConfig, split_host_port
 from .embedded_redis import EmbeddedRedis
 from .errors import CynodeError, StartupError
 from .http_routes import cluster_routes, node_routes
-from .membership import Membership
+from .gossip_agent import GossipAgent
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
 from .role import Role, RoleContext
+from .rpc.local import LocalServices
 from .sd_notify import notify
+from .tasks import BackgroundTasks
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,9 @@ class Daemon:
         self._embedded: EmbeddedRedis | None = None
         self._redis: RedisConnection | None = None
         self._http: web.AppRunner | None = None
-        self._membership: Membership | None = None
+        self._gossip: GossipAgent | None = None
+        self._local = LocalServices()
+        self._tasks = BackgroundTasks("daemon")
         self._reloading: asyncio.Task | None = None
 
     async def run(self) -> int:
@@ -85,7 +89,7 @@ class Daemon:
 
     def _on_hangup(self) -> None:
         if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self._reload(), name="sighup-reload")
+            self._reloading = self._tasks.spawn(self._reload(), "sighup reload")
 
     async def _reload(self) -> None:
         log.info("SIGHUP received: reloading")
@@ -119,8 +123,8 @@ class Daemon:
             self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name)
             await self._redis.connect()
             log.info("Redis at %s", safe_url(cfg.redis.url))
-        self._membership = Membership(cfg, keys, telemetry, roles)
-        await self._membership.start()
+        self._gossip = GossipAgent(cfg, keys, telemetry, roles)
+        await self._gossip.start()
         ctx = RoleContext(
             config=cfg,
             telemetry=telemetry,
@@ -130,7 +134,8 @@ class Daemon:
             readiness=self._readiness,
             local_services=self._local_services(roles),
             api_keys=api_keys,
-            membership=self._membership,
+            gossip=self._gossip,
+            local=self._local,
         )
         await self._start_node_http(telemetry, api_keys)
         for name in roles:
@@ -153,11 +158,11 @@ class Daemon:
         return ApiKeyStore.load(path)  # ConfigError names the file and the entry
 
     def _local_services(self, roles: list[str]) -> dict[str, str]:
-        return {"worker": self._membership.service_address("worker")} if "worker" in roles else {}
+        return {"worker": self._gossip.service_address("worker")} if "worker" in roles else {}
 
     async def _start_node_http(self, telemetry: Telemetry, api_keys: ApiKeyStore) -> None:
         app = web.Application()
-        app.add_routes(node_routes(telemetry, self._readiness) + cluster_routes(self._membership, api_keys))
+        app.add_routes(node_routes(telemetry, self._readiness) + cluster_routes(self._gossip, api_keys, self._redis))
         self._http = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._http.setup()
         host, port = split_host_port(self.config.metrics.listen)
@@ -171,9 +176,9 @@ class Daemon:
         return {name: started[name].readiness() if name in started else (False, "starting") for name in self._planned}
 
     async def _shutdown(self, *, drain: bool) -> None:
-        if self._membership is not None:
+        if self._gossip is not None:
             # Leave gossip first: peers stop sending this node new work while its streams finish.
-            await self._membership.stop(graceful=drain)
+            await self._gossip.stop(graceful=drain)
         if drain:
             # Gateway first: it stops taking requests while the roles behind it still serve its streams.
             for role in reversed(self._roles):
@@ -186,6 +191,8 @@ class Daemon:
                 await role.stop()
             except Exception:
                 log.exception("stopping %s failed", role.name)
+        await self._local.close()
+        await self._tasks.close()
         if self._http is not None:
             await self._http.cleanup()
         if self._redis is not None:

@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .errors import StartupError
+from .tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class EmbeddedRedis:
         self.url = url
         self.dir = data_dir / "redis"
         self._proc: asyncio.subprocess.Process | None = None
-        self._supervisor: asyncio.Task | None = None
+        self._tasks = BackgroundTasks("embedded-redis")
         self._stopping = False
 
     async def start(self) -> None:
@@ -58,7 +59,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._binary = binary
         await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise(), name="embedded-redis-supervisor")
+        self._tasks.spawn(self._supervise(), "supervisor")
 
     async def _spawn(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -109,10 +110,7 @@ class EmbeddedRedis:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        await self._tasks.close()
         proc = self._proc
         if proc and proc.returncode is None:
             proc.terminate()  # redis saves and fsyncs on SIGTERM

@@ -1,15 +1,22 @@
 """Errors cynode raises on purpose. One root, structured fields, and a `retryable` flag.
 
-    CynodeError
-    ├── ConfigError            bad node.toml, env override or flag; names the key and reason
-    ├── StartupError           a role or dependency could not start
-    ├── AuthError              missing/unknown API key, or a scope the key lacks
-    ├── RequestError           a bad client request (400, 404, 413, 422)
-    ├── UnavailableError       no leader, no healthy worker, Redis down (retryable)
-    │   └── CapacityError      the queue is full: HTTP 429 with Retry-After
-    └── EngineError            an inference engine failed to load or generate
+    CynodeError                    status  code
+    ├── ConfigError                   -    -      bad node.toml, env override or flag; names the key and reason
+    ├── StartupError                  -    -      a role or dependency could not start
+    ├── AuthError                   401    invalid_api_key   missing/unknown key (403: a scope or model it lacks)
+    ├── RequestError                400    -      a bad client request (also 404, 413, 422)
+    ├── UnavailableError            503    unavailable       not there right now: worth retrying (retryable)
+    │   ├── CapacityError           429    queue_full        every worker busy and no room to wait
+    │   │   └── QueueFullError      429    queue_full        the task queue holds max_size tasks
+    │   ├── FencedError             503    fenced            a write under an epoch that is not the leader's
+    │   └── TaskEndedError          503    task_ended        the task is done, dead or cancelled already
+    └── EngineError                 500    engine_error      an inference engine failed to load or generate
 
-Foreign errors (redis, grpc, torch) are translated into these at one boundary each.
+Every error carries what a client needs: an HTTP `status`, an OpenAI-style `code`, the `param` it
+is about and whether a retry can help. They cross gRPC intact (`cynode.rpc.errors` maps them to a
+status and trailing metadata and back), so a worker's `context_length_exceeded` reaches the HTTP
+client with its code and param. Foreign errors (redis, grpc, torch) are translated into these at
+one boundary each.
 """
 
 from __future__ import annotations
@@ -18,13 +25,21 @@ from __future__ import annotations
 class CynodeError(Exception):
     """Root of every error cynode raises on purpose."""
 
+    status: int = 500
+    code: str | None = None
     retryable: bool = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 retryable: bool | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
         if retryable is not None:
             self.retryable = retryable
+        if status is not None:
+            self.status = status
 
 
 class ConfigError(CynodeError):
@@ -43,35 +58,56 @@ class StartupError(CynodeError):
 class AuthError(CynodeError):
     """The caller is not allowed: `status` is 401 (who are you) or 403 (not this)."""
 
-    def __init__(self, message: str, *, status: int = 401, code: str = "invalid_api_key") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+    status = 401
+    code = "invalid_api_key"
 
 
 class RequestError(CynodeError):
     """The client sent something we cannot serve; maps to an HTTP 4xx."""
 
-    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-        self.code = code
+    status = 400
 
 
 class UnavailableError(CynodeError):
     """Something the request needs is not there right now; worth retrying later."""
 
+    status = 503
+    code = "unavailable"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: float | None = None, **fields) -> None:
+        super().__init__(message, **fields)
         self.retry_after = retry_after
 
 
 class CapacityError(UnavailableError):
-    """Every worker is busy and the queue is full; come back after `retry_after` seconds."""
+    """Every worker is busy and there is no room to wait; come back after `retry_after` seconds."""
+
+    status = 429
+    code = "queue_full"
+
+
+class QueueFullError(CapacityError):
+    """The task queue already holds `max_size` tasks."""
+
+    def __init__(self, depth: int, *, retry_after: float | None = None) -> None:
+        super().__init__(f"the task queue is full ({depth} waiting)", retry_after=retry_after)
+        self.depth = depth
+
+
+class FencedError(UnavailableError):
+    """A write carried an epoch that is no longer current (or went to a standby): ask the leader again."""
+
+    code = "fenced"
+
+
+class TaskEndedError(UnavailableError):
+    """The task this call is about is done, dead or cancelled already."""
+
+    code = "task_ended"
 
 
 class EngineError(CynodeError):
     """An inference engine failed to load a model or to generate."""
+
+    code = "engine_error"

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING
 
 from .config import NodeConfig
 from .http_routes import Readiness
+from .rpc.local import LocalServices
+from .rpc.server import RpcServer
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     import grpc.aio
 
     from .api_keys import ApiKeyStore
-    from .membership import Membership
-
+    from .gossip_agent import GossipAgent
     from .peer_auth import PeerAuth
     from .redis_conn import RedisConnection
 
@@ -33,14 +34,22 @@ class RoleContext:
     boot_id: str = ""
     readiness: Readiness = lambda: {}
     api_keys: "ApiKeyStore | None" = None
-    membership: "Membership | None" = None
+    gossip: "GossipAgent | None" = None
+    # Services of this same process: a channel to one of them skips the network (cynode.rpc.local).
+    local: LocalServices = field(default_factory=LocalServices)
     # Addresses of services this same node runs, for roles that would otherwise need gossip
     # to find them (e.g. the coordinator's view of the local worker). Filled by the daemon.
     local_services: dict[str, str] = field(default_factory=dict)
 
     def channel(self, address: str) -> "grpc.aio.Channel":
-        """An authenticated gRPC channel to a peer's service."""
-        return self.peer_auth.channel(address)
+        """A channel to a peer's service: in-process when this node serves it, else authenticated gRPC."""
+        return self.local.channel(address) or self.peer_auth.channel(address)
+
+    def rpc_server(self, role: str, listen: str) -> RpcServer:
+        """The gRPC server of `role` ("worker", "coordinator"), reachable in-process too."""
+        advertised = self.gossip.service_address(role) if self.gossip is not None else listen
+        return RpcServer(role, listen, local=self.local, addresses=(advertised,),
+                         interceptors=[self.peer_auth.server_interceptor()])
 
 
 class Role(abc.ABC):

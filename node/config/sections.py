@@ -13,21 +13,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cynode.engines.platform import BACKENDS
+
 from .types import Address, ByteSize, Duration, LocalPath, split_host_port
 
 ROLE_NAMES = ("gateway", "coordinator", "worker")
-BACKEND_NAMES = (
-    "auto",
-    "cpu-transformers",
-    "cpu-vllm",
-    "cuda-vllm",
-    "cuda-transformers",
-    "ascend-vllm",
-    "ascend-transformers",
-    "ascend-mindie",
-    "cuda-trtllm",
-    "sim",
-)
+BACKEND_NAMES = ("auto", *BACKENDS)
 
 
 class Section(BaseModel):

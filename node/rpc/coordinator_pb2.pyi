@@ -40,7 +40,7 @@ class AdmitRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ..., api_key_name: _Optional[str] = ..., exclude_workers: _Optional[_Iterable[str]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("worker_id", "worker_address", "lease_id", "epoch", "lease_deadline_ms", "model", "attempt")
+    __slots__ = ("worker_id", "worker_address", "lease_id", "epoch", "lease_deadline_ms", "model", "attempt", "cacheable")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Assignment(_message.Message):
     LEASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CACHEABLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     worker_address: str
     lease_id: str
@@ -55,7 +56,8 @@ class Assignment(_message.Message):
     lease_deadline_ms: int
     model: str
     attempt: int
-    def __init__(self, worker_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    cacheable: bool
+    def __init__(self, worker_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., cacheable: _Optional[bool] = ...) -> None: ...
 
 class CachedResponse(_message.Message):
     __slots__ = ("deltas", "finish_reason", "usage", "model")
@@ -96,7 +98,7 @@ class HeartbeatReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., lease_deadline_ms: _Optional[int] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("lease_id", "worker_id", "ok", "error", "usage", "epoch", "task_id", "deltas", "finish_reason", "worker_fault")
+    __slots__ = ("lease_id", "worker_id", "ok", "error", "usage", "epoch", "task_id", "deltas", "finish_reason", "worker_fault", "model")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +109,7 @@ class CompleteRequest(_message.Message):
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     WORKER_FAULT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     worker_id: str
     ok: bool
@@ -117,7 +120,8 @@ class CompleteRequest(_message.Message):
     deltas: _containers.RepeatedScalarFieldContainer[str]
     finish_reason: str
     worker_fault: bool
-    def __init__(self, lease_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., epoch: _Optional[int] = ..., task_id: _Optional[str] = ..., deltas: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., worker_fault: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, lease_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., epoch: _Optional[int] = ..., task_id: _Optional[str] = ..., deltas: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., worker_fault: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CompleteReply(_message.Message):
     __slots__ = ("task_state",)
@@ -126,12 +130,14 @@ class CompleteReply(_message.Message):
     def __init__(self, task_state: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("task_id", "reason")
+    __slots__ = ("task_id", "reason", "lease_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     reason: str
-    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    lease_id: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ()

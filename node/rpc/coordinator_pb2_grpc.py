@@ -95,7 +95,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Give up on a task (the client went away).
+        """Give up on a task (the client went away, or its request was refused): it is not run again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,8 @@
-"""The leader's dispatch loop: hands queued tasks to workers as slots free up.
+"""The leader's dispatch: which worker runs a task, now or when a slot frees up.
 
-Gateways wait inside `Admit` for their task (a `Waiter`); the loop walks the queue in priority
+An Admit that finds a worker free and nothing waiting ahead of it takes that worker at once
+(`reserve`, then the queue's admit script leases the task to it in the same round trip). Otherwise
+the gateway waits inside `Admit` for its task (a `Waiter`); the loop walks the queue in priority
 order and gives each task that has a waiter the worker the pool picks, claiming it in Redis under a
 lease first. Tasks nobody waits for (their gateway died, or the client left while we were failing
 over) are cancelled after `abandon_after` seconds. Expired leases are reaped here too.
@@ -16,10 +18,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cynode.errors import UnavailableError
+from cynode.errors import FencedError, UnavailableError
 
 from .pool import WorkerPool, WorkerState
-from .task_queue import FencedError, TaskQueue
+from .task_queue import TaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,15 @@ class Grant:
     lease_id: str
     attempt: int
     lease_deadline_ms: int
+
+
+@dataclass
+class Reservation:
+    """A slot on `worker` held for one Admit while its admit script runs."""
+
+    worker: WorkerState
+    model_id: str
+    lease_id: str
 
 
 @dataclass
@@ -48,7 +59,7 @@ class Dispatcher:
                  is_leader: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> None:
         self._queue = queue
         self._pool = pool
-        self._lease_ttl = lease_ttl
+        self.lease_ttl = lease_ttl
         self._abandon_after = abandon_after
         self._is_leader = is_leader
         self._clock = clock
@@ -60,6 +71,31 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def lease_deadline_ms(self) -> int:
+        return int((time.time() + self.lease_ttl) * 1000)
+
+    def reserve(self, model: str, exclude: tuple[str, ...], prefix: str) -> Reservation | None:
+        """Hold a free slot for a new task, if a worker has one and no task waits for a slot."""
+        if self._waiters:
+            return None  # others are waiting (possibly for this model): the queue decides the order
+        picked = self._pool.pick(model, exclude, prefix)
+        if picked is None:
+            return None
+        worker, model_id = picked
+        worker.leased += 1
+        return Reservation(worker, model_id, uuid.uuid4().hex)
+
+    def confirm(self, reservation: Reservation, task_id: str) -> Grant:
+        """The admit script leased the task on the reserved slot."""
+        self.leases[reservation.lease_id] = (task_id, reservation.worker.id)
+        return Grant(task_id, reservation.worker, reservation.model_id, reservation.lease_id, 1,
+                     self.lease_deadline_ms())
+
+    def unreserve(self, reservation: Reservation | None) -> None:
+        if reservation is not None:
+            reservation.worker.leased = max(0, reservation.worker.leased - 1)
+            self.wake()
 
     async def wait(self, task_id: str, model: str, exclude: tuple[str, ...], prefix: str, timeout: float) -> Grant:
         """Wait for `task_id` to be handed a worker; raises TimeoutError or the reason it never will."""
@@ -91,7 +127,7 @@ class Dispatcher:
         self.leases.clear()
 
     async def run(self, interval: float = 0.25) -> None:
-        last_reap = 0.0
+        last_reap = last_scan = 0.0
         while True:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the event fires, and this loop would then never stop.
@@ -107,7 +143,11 @@ class Dispatcher:
                     for task_id, state in await self._queue.reap():
                         log.warning("lease of task %s expired: %s", task_id, state)
                         self._forget_task(task_id)
-                await self._dispatch()
+                # A wake with nobody waiting (a lease released) needs no scan; orphans are found
+                # by the scan every interval.
+                if self._waiters or self._clock() - last_scan >= interval:
+                    last_scan = self._clock()
+                    await self._dispatch()
             except FencedError as exc:
                 log.warning("dispatch refused: %s", exc)
             except UnavailableError as exc:
@@ -134,13 +174,16 @@ class Dispatcher:
                 continue  # no room for this model; later tasks for other models may still go
             worker, model_id = picked
             lease_id = uuid.uuid4().hex
-            attempt = await self._queue.claim(task_id, worker.id, lease_id, self._lease_ttl)
-            if attempt is None:
+            worker.leased += 1  # held across the claim, so no Admit takes the same slot meanwhile
+            attempt = await self._queue.claim(task_id, worker.id, lease_id, self.lease_ttl)
+            gone = waiter.future.done() or self._waiters.get(task_id) is not waiter
+            if attempt is None or gone:
+                worker.leased -= 1
+                if attempt is not None:  # the waiter went away during the claim: give the task back
+                    await self._queue.fail(task_id, lease_id, "its gateway went away")
                 continue
-            worker.leased += 1
             self.leases[lease_id] = (task_id, worker.id)
-            deadline = int((time.time() + self._lease_ttl) * 1000)
-            waiter.future.set_result(Grant(task_id, worker, model_id, lease_id, attempt, deadline))
+            waiter.future.set_result(Grant(task_id, worker, model_id, lease_id, attempt, self.lease_deadline_ms()))
 
     def release(self, lease_id: str) -> str | None:
         """Forget a lease locally; returns the worker id it was on."""

@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 
 from cynode.rpc import worker_pb2, worker_pb2_grpc
+from cynode.tasks import BackgroundTasks
 
 from .breaker import BreakerSettings, CircuitBreaker
 
@@ -89,13 +90,13 @@ class WorkerPool:
         self._clock = clock
         self.workers: dict[str, WorkerState] = {}
         self._checked = asyncio.Event()
+        self._closing = BackgroundTasks("worker-pool")
 
     def add(self, worker_id: str, address: str, weight: int, tags: Iterable[str] = ()) -> None:
         existing = self.workers.get(worker_id)
         if existing is not None and existing.address != address:  # restarted elsewhere: new channel
             self.workers.pop(worker_id)
-            if existing.channel is not None:
-                asyncio.get_running_loop().create_task(existing.channel.close())
+            self._close_channel(existing)
         if worker_id not in self.workers:
             breaker = CircuitBreaker(self._breaker, self._clock) if self._clock else CircuitBreaker(self._breaker)
             self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address),
@@ -104,8 +105,12 @@ class WorkerPool:
     def remove(self, worker_id: str) -> None:
         """Gossip says the worker is dead or left: it gets nothing more (static workers stay checked)."""
         worker = self.workers.pop(worker_id, None)
-        if worker is not None and worker.channel is not None:
-            asyncio.get_running_loop().create_task(worker.channel.close())
+        if worker is not None:
+            self._close_channel(worker)
+
+    def _close_channel(self, worker: WorkerState) -> None:
+        if worker.channel is not None:
+            self._closing.spawn(worker.channel.close(), f"close channel to {worker.id}")
 
     def healthy(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.healthy]
@@ -191,6 +196,7 @@ class WorkerPool:
             log.debug("worker %s not healthy yet: %s", worker.id, reason)
 
     async def close(self) -> None:
+        await self._closing.wait(timeout=5.0)
         for worker in self.workers.values():
             if worker.channel is not None:
                 await worker.channel.close()

@@ -1,39 +1,59 @@
 """The prompt cache in Redis: identical deterministic requests are answered without a worker.
 
 Key: SHA-256 of the canonical request (model id, model/adapter version, messages, every sampling
-parameter including the seed). A changed model or adapter version is a different key, so old
+parameter given, the seed included). A changed model or adapter version is a different key, so old
 entries can never answer for the new weights; they age out by TTL or LRU.
-Bounded: `<p>cache:lru` orders entries by last use; a put beyond `max_size` evicts the least
+Bounded: `<p>cache:lru` orders entries by last use; a fill beyond `max_size` evicts the least
 recently used in the same Lua script. Entries keep the streamed deltas, so a replay to a streaming
 client has the original chunks.
+
+When the cache shares the task queue's Redis, the queue's admit and ack scripts look it up and fill
+it in the same round trip (`probe_args`, `FILL_LUA`); on a Redis of its own it is asked separately.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from cynode.redis_conn import RedisConnection, translate_errors
+import orjson
 
-_PUT = """
-local entry, lru, key, value, ttl_ms, now, max_size = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-redis.call('SET', entry, value, 'PX', ttl_ms)
-redis.call('ZADD', lru, now, key)
-local excess = redis.call('ZCARD', lru) - max_size
-if excess > 0 then
-  local victims = redis.call('ZPOPMIN', lru, excess)
-  for i = 1, #victims, 2 do redis.call('DEL', ARGV[6] .. victims[i]) end
+from cynode.inference import ChatMessage
+from cynode.redis_conn import RedisConnection, translate_errors
+from cynode.sampling import SamplingParams
+
+# Store `value` under `entry_prefix .. key` for `ttl_ms`, mark it used at `now` and evict the least
+# recently used entries beyond `max_size`. Shared by the cache's own script and the queue's ack.
+FILL_LUA = """
+local function cache_fill(entry_prefix, lru, key, value, ttl_ms, now, max_size)
+  redis.call('SET', entry_prefix .. key, value, 'PX', ttl_ms)
+  redis.call('ZADD', lru, now, key)
+  local excess = redis.call('ZCARD', lru) - max_size
+  if excess > 0 then
+    local victims = redis.call('ZPOPMIN', lru, excess)
+    for i = 1, #victims, 2 do redis.call('DEL', entry_prefix .. victims[i]) end
+  end
+  return excess
 end
-return excess
 """
 
-_GET = """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]) else redis.call('ZREM', KEYS[2], ARGV[2]) end
-return value
+# Look `key` up and mark it used; a missing entry (expired) leaves the LRU set too.
+LOOKUP_LUA = """
+local function cache_lookup(entry_prefix, lru, key, now)
+  local value = redis.call('GET', entry_prefix .. key)
+  if value then redis.call('ZADD', lru, now, key) else redis.call('ZREM', lru, key) end
+  return value
+end
+"""
+
+_PUT = FILL_LUA + """
+return cache_fill(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]))
+"""
+
+_GET = LOOKUP_LUA + """
+return cache_lookup(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 
 
@@ -49,64 +69,68 @@ class CachedResponse:
     def text(self) -> str:
         return "".join(self.deltas)
 
+    def encode(self) -> bytes:
+        return orjson.dumps({**asdict(self), "deltas": list(self.deltas)})
 
-def cache_key(model: str, version: str, messages: Sequence[tuple[str, str]], sampling: dict, adapter: str = "") -> str:
-    """SHA-256 over a canonical JSON form; parameters left unset are dropped so defaults match."""
+    @classmethod
+    def decode(cls, raw: str | bytes) -> CachedResponse:
+        data = orjson.loads(raw)
+        return cls(**{**data, "deltas": tuple(data["deltas"])})
+
+
+def cache_key(model: str, version: str, messages: Sequence[ChatMessage], sampling: SamplingParams,
+              adapter: str = "") -> str:
+    """SHA-256 over a canonical JSON form; parameters not given are left out, so defaults match."""
     canonical = {
         "model": model,
         "version": version,
         "adapter": adapter,
-        "messages": [[role, content] for role, content in messages],
-        "sampling": {k: v for k, v in sorted(sampling.items()) if v not in (None, [], ())},
+        "messages": [[m.role, m.content] for m in messages],
+        "sampling": sampling.given(),
     }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def is_deterministic(sampling: dict) -> bool:
-    """Greedy, or sampled with a fixed seed: the same request gives the same answer."""
-    temperature = sampling.get("temperature")
-    return (temperature is not None and temperature <= 0) or sampling.get("seed") is not None
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class PromptCache:
     def __init__(self, redis: RedisConnection, *, ttl: float, max_size: int, clock: Callable[[], float] = time.time) -> None:
-        self._redis = redis
-        self._ttl_ms = int(ttl * 1000)
-        self._max_size = max_size
+        self.redis = redis
+        self.ttl_ms = int(ttl * 1000)
+        self.max_size = max_size
         self._clock = clock
-        self._lru = redis.key("cache", "lru")
+        self.lru_key = redis.key("cache", "lru")
+        self.entry_prefix = redis.key("cache", "entry", "")
         self._put = redis.client.register_script(_PUT)
         self._get = redis.client.register_script(_GET)
         self.hits = 0
         self.misses = 0
 
-    def _entry(self, key: str) -> str:
-        return self._redis.key("cache", "entry", key)
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
-    async def get(self, key: str) -> CachedResponse | None:
-        with translate_errors("cache lookup"):
-            raw = await self._get(keys=[self._entry(key), self._lru], args=[int(self._clock() * 1000), key])
+    def counted(self, raw: str | bytes | None) -> CachedResponse | None:
+        """Count a lookup's outcome (made here or by the queue's admit script) and decode a hit."""
         if raw is None:
             self.misses += 1
             return None
         self.hits += 1
-        data = json.loads(raw)
-        return CachedResponse(**{**data, "deltas": tuple(data["deltas"])})
+        return CachedResponse.decode(raw)
+
+    async def get(self, key: str) -> CachedResponse | None:
+        with translate_errors("cache lookup"):
+            raw = await self._get(args=[self.entry_prefix, self.lru_key, key, self.now_ms()])
+        return self.counted(raw)
 
     async def put(self, key: str, response: CachedResponse) -> int:
         """Store an entry; returns how many least-recently-used entries were evicted."""
-        value = json.dumps({**asdict(response), "deltas": list(response.deltas)}, separators=(",", ":"))
         with translate_errors("cache fill"):
-            return int(await self._put(
-                keys=[self._entry(key), self._lru],
-                args=[key, value, self._ttl_ms, int(self._clock() * 1000), self._max_size, self._entry("")],
-            ))
+            return int(await self._put(args=[self.entry_prefix, self.lru_key, key, response.encode(), self.ttl_ms,
+                                             self.now_ms(), self.max_size]))
 
     async def size(self) -> int:
         with translate_errors("cache size"):
-            return await self._redis.client.zcard(self._lru)
+            return await self.redis.client.zcard(self.lru_key)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
-import grpc.aio
-
 from cynode.config import join_host_port
-from cynode.errors import StartupError
+from cynode.errors import FencedError, StartupError
+from cynode.redis_conn import RedisConnection
 from cynode.role import Role, RoleContext
 from cynode.rpc import coordinator_pb2_grpc
-
-from cynode.redis_conn import RedisConnection
+from cynode.rpc.server import RpcServer
+from cynode.tasks import BackgroundTasks
 
 from .dispatcher import Dispatcher
 from .leader import LeaderElection
@@ -21,7 +18,7 @@ from .metrics import CoordinatorMetrics
 from .pool import WorkerPool
 from .prompt_cache import PromptCache
 from .service import CoordinatorService
-from .task_queue import FencedError, TaskQueue
+from .task_queue import TaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +49,11 @@ class CoordinatorRole(Role):
             node_id=ctx.config.node.id,
             boot_id=ctx.boot_id,
             # The address gateways dial: the one gossip publishes, so every view of this node agrees.
-            address=ctx.membership.service_address("coordinator"),
+            address=ctx.gossip.service_address("coordinator"),
             ttl=self._config.leader_ttl,
             on_change=self._leadership_changed,
         )
         queue_cfg, cache_cfg = self._config.task_queue, self._config.prompt_cache
-        self._queue = TaskQueue(ctx.redis, lambda: self._election.epoch, max_size=queue_cfg.max_size,
-                                max_retries=queue_cfg.max_retries)
-        self._dispatcher = Dispatcher(self._queue, self._pool, lease_ttl=queue_cfg.lease_ttl,
-                                      is_leader=lambda: self._election.is_leader)
         self._cache_redis: RedisConnection | None = None
         self._cache: PromptCache | None = None
         if cache_cfg.enabled:
@@ -68,38 +61,33 @@ class CoordinatorRole(Role):
             if cache_cfg.redis_url:
                 cache_redis = self._cache_redis = RedisConnection(cache_cfg.redis_url, ctx.config.cluster.name)
             self._cache = PromptCache(cache_redis, ttl=cache_cfg.ttl, max_size=cache_cfg.max_size)
-        self._server: grpc.aio.Server | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._rebuild: asyncio.Task | None = None
+        self._queue = TaskQueue(ctx.redis, lambda: self._election.epoch, max_size=queue_cfg.max_size,
+                                max_retries=queue_cfg.max_retries, cache=self._cache)
+        self._dispatcher = Dispatcher(self._queue, self._pool, lease_ttl=queue_cfg.lease_ttl,
+                                      is_leader=lambda: self._election.is_leader)
+        self._server: RpcServer | None = None
+        self._tasks = BackgroundTasks("coordinator")
 
     async def start(self) -> None:
         if self._cache_redis is not None:
             await self._cache_redis.connect()
-        if self._ctx.membership is not None:
-            self._ctx.membership.add_listener(self._on_member)
-            for member in self._ctx.membership.members_raw():
+        if self._ctx.gossip is not None:
+            self._ctx.gossip.add_listener(self._on_member)
+            for member in self._ctx.gossip.members_raw():
                 self._track(member)
         self._metrics.workers_healthy.set_function(lambda: len(self._pool.healthy()))
         self._metrics.queue_pending.set_function(lambda: self._dispatcher.pending)
         service = CoordinatorService(
             redis=self._ctx.redis, election=self._election, pool=self._pool, queue=self._queue,
             dispatcher=self._dispatcher, cache=self._cache, cache_nondeterministic=self._config.prompt_cache.nondeterministic,
-            lease_ttl=self._config.task_queue.lease_ttl, metrics=self._metrics,
+            metrics=self._metrics,
         )
-        self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, self._server)
-        try:
-            bound = self._server.add_insecure_port(self._config.listen)
-        except RuntimeError:  # newer grpcio raises instead of returning 0
-            bound = 0
-        if bound == 0:
-            raise StartupError(f"[coordinator] listen {self._config.listen!r}: cannot bind (port in use?)")
+        self._server = self._ctx.rpc_server("coordinator", self._config.listen)
+        self._server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server, service)
         await self._server.start()
-        self._tasks = [
-            asyncio.create_task(_logged(self._pool.run(), "worker health checks"), name="coordinator-pool"),
-            asyncio.create_task(_logged(self._election.run(), "leader election"), name="coordinator-election"),
-            asyncio.create_task(_logged(self._dispatcher.run(), "dispatcher"), name="coordinator-dispatch"),
-        ]
+        self._tasks.spawn(self._pool.run(), "worker health checks")
+        self._tasks.spawn(self._election.run(), "leader election")
+        self._tasks.spawn(self._dispatcher.run(), "dispatcher")
         await self._pool.wait_first_check(self._config.health_check_timeout + 1)
         log.info("coordinator on %s with %d worker(s) known", self._config.listen, len(self._pool.workers))
 
@@ -124,10 +112,13 @@ class CoordinatorRole(Role):
 
     def _leadership_changed(self, leading: bool, epoch: int) -> None:
         self._metrics.is_leader.set(1 if leading else 0)
+        if self._ctx.gossip is not None:
+            # Nodes without Redis (workers) answer /v1/cluster/leader from this.
+            self._ctx.gossip.publish(leader_epoch=epoch if leading else 0)
         if leading:
             self._metrics.leader_epoch.set(epoch)
             # In-flight counts come back from Redis (and workers' own reports via health checks).
-            self._rebuild = asyncio.create_task(_logged(self._dispatcher.rebuild(), "lease rebuild"), name="coordinator-rebuild")
+            self._tasks.spawn(self._dispatcher.rebuild(), "lease rebuild")
         else:
             self._dispatcher.step_down(FencedError("leadership lost; ask the new leader"))
 
@@ -137,13 +128,8 @@ class CoordinatorRole(Role):
             await self._server.stop(grace=min(timeout, 5.0))
 
     async def stop(self) -> None:
-        tasks = self._tasks + ([self._rebuild] if self._rebuild else [])
         self._dispatcher.step_down(FencedError("this coordinator is shutting down"))
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
         await self._election.release()
         if self._server:
             await self._server.stop(grace=None)
@@ -157,13 +143,3 @@ class CoordinatorRole(Role):
         return True, f"{role}, {healthy}/{len(self._pool.workers)} workers healthy"
 
 
-
-async def _logged(coro, what: str) -> None:
-    """Run a background loop; a crash is logged loudly instead of vanishing with the task."""
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s crashed", what)
-        raise

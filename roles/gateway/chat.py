@@ -13,9 +13,11 @@ from cynode.rpc import coordinator_pb2
 from . import openai_format as fmt
 from .completion import Completion
 from .openai_schema import parse_chat_request
-from .request_context import GatewayState
+from .state import GatewayState
 
 log = logging.getLogger(__name__)
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -25,7 +27,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.authorize_model(key, chat.model)
     request_id = fmt.completion_id()
     completion = Completion(
-        state.upstream, chat, request_id=request_id,
+        state.upstream, model=chat.model, messages=chat.messages, sampling=chat.sampling, request_id=request_id,
         idempotency_key=request.headers.get("Idempotency-Key") or request_id,
         priority=key.priority if key.priority else state.default_priority, key_name=key.name,
         cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
@@ -33,18 +35,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     started = time.monotonic()
     pieces = completion.deltas()
-    # The first piece decides the answer's status: errors before it are plain HTTP errors.
-    first = await anext(pieces, None)
-    state.metrics.ttft.observe(time.monotonic() - started)
-    relay = _stream if chat.stream else _collect
+    outcome = "failed"
     try:
-        return await relay(request, state, completion, chat.include_usage, first, pieces)
+        # The first piece decides the answer's status: errors before it are plain HTTP errors.
+        first = await anext(pieces, None)
+        state.metrics.ttft.observe(time.monotonic() - started)
+        if chat.stream:
+            response, delivered = await _stream(request, completion, chat.include_usage, first, pieces)
+        else:
+            response, delivered = await _collect(completion, first, pieces), True
+        outcome = completion.outcome if delivered else "cancelled"
+        return response
+    except BaseException as exc:
+        if not isinstance(exc, CynodeError):
+            outcome = "cancelled"  # the client went away (or the gateway is stopping)
+        raise
     finally:
         await pieces.aclose()
-        state.record(completion)
+        state.record(outcome, completion.completion_tokens)
 
 
 def _cache_mode(header: str) -> int:
+    if not header:
+        return coordinator_pb2.CACHE_DEFAULT
     directives = {d.strip().lower() for d in header.split(",")}
     if "no-store" in directives:
         return coordinator_pb2.CACHE_NO_STORE
@@ -53,44 +66,43 @@ def _cache_mode(header: str) -> int:
     return coordinator_pb2.CACHE_DEFAULT
 
 
-async def _stream(request, state, completion: Completion, include_usage: bool, first, pieces) -> web.StreamResponse:
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-        "X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss",
-    })
+def _headers(completion: Completion) -> dict[str, str]:
+    return {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
+
+
+async def _stream(request, completion: Completion, include_usage: bool, first, pieces) -> tuple[web.StreamResponse, bool]:
+    """The answer as server-sent events, and whether it reached the client (False: it went away)."""
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **_headers(completion)})
     await response.prepare(request)
-    created = int(time.time())
-
-    def event(**fields) -> bytes:
-        return fmt.sse_event(fmt.chat_chunk(completion.request_id, completion.model, created, include_usage=include_usage, **fields))
-
+    chunks = fmt.ChunkEncoder(completion.request_id, completion.model, int(time.time()), include_usage=include_usage)
+    write = response.write
     try:
-        await response.write(event(role="assistant", content=""))
-        if first is not None:
-            await response.write(event(content=first))
-        async for piece in pieces:
-            await response.write(event(content=piece))
-        await response.write(event(finish_reason=completion.finish_reason))
-        if include_usage:
-            usage = fmt.usage_dict(completion.prompt_tokens, completion.completion_tokens)
-            await response.write(fmt.sse_event(fmt.usage_chunk(completion.request_id, completion.model, created, usage)))
-    except CynodeError as exc:
-        # Past the first byte the status is sent; the failure travels as an error event.
-        log.warning("stream %s failed: %s", completion.request_id, exc.message)
-        await response.write(fmt.sse_event(fmt.error_body(exc.message, type="server_error", code="upstream_failed")))
+        await write(chunks.role())
+        try:
+            if first is not None:
+                await write(chunks.content(first))
+            async for piece in pieces:
+                await write(chunks.content(piece))
+            await write(chunks.finish(completion.finish_reason))
+            if include_usage:
+                await write(chunks.usage(completion.prompt_tokens, completion.completion_tokens))
+        except CynodeError as exc:
+            # Past the first byte the status is sent; the failure travels as an error event.
+            log.warning("stream %s failed: %s", completion.request_id, exc.message)
+            await write(fmt.sse_event({"error": {"message": exc.message, "type": "server_error", "param": None,
+                                                 "code": exc.code or "upstream_failed"}}))
+        await write(fmt.SSE_DONE)
+        await response.write_eof()
     except ConnectionError:
-        return response  # the client left; closing `pieces` cancels the work
-    await response.write(fmt.SSE_DONE)
-    await response.write_eof()
-    return response
+        return response, False  # closing `pieces` cancels the work
+    return response, True
 
 
-async def _collect(request, state, completion: Completion, include_usage: bool, first, pieces) -> web.Response:
+async def _collect(completion: Completion, first, pieces) -> web.Response:
     parts = [first] if first is not None else []
     async for piece in pieces:
         parts.append(piece)
     usage = fmt.usage_dict(completion.prompt_tokens, completion.completion_tokens)
     body = fmt.chat_completion(completion.request_id, completion.model, int(time.time()), "".join(parts),
                                completion.finish_reason, usage)
-    return web.json_response(body, headers={"X-Request-Id": completion.request_id,
-                                            "X-Cache": "hit" if completion.cached else "miss"})
+    return web.Response(body=fmt.json_bytes(body), content_type="application/json", headers=_headers(completion))

@@ -1,50 +1,30 @@
-"""Builders for the JSON shapes OpenAI clients parse: errors, completions, stream chunks, models.
+"""Builders for the JSON shapes OpenAI clients parse: completions, stream chunks, models.
 
-Plain dicts rather than models: the gateway only writes these, and the official SDKs are strict
-about which keys are present (a `usage` key in every chunk only when it was asked for, a final
-chunk with no choices), so each builder spells out exactly what OpenAI sends.
+Plain dicts and bytes rather than models: the gateway only writes these, and the official SDKs are
+strict about which keys are present (a `usage` key in every chunk only when it was asked for, a
+final chunk with no choices), so each builder spells out exactly what OpenAI sends. Errors have
+their one builder in `cynode.openai_errors`.
+
+Streams are the hot path: `ChunkEncoder` renders every chunk of a stream from two byte strings
+made once per request around the JSON-escaped text, instead of building and encoding a dict per
+token.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
-__all__ = [
-    "SSE_DONE",
-    "chat_chunk",
-    "chat_completion",
-    "completion_id",
-    "error_body",
-    "error_type_for_status",
-    "model_list",
-    "sse_event",
-    "usage_chunk",
-    "usage_dict",
-]
+import orjson
+
+__all__ = ["SSE_DONE", "ChunkEncoder", "chat_completion", "completion_id", "json_bytes", "model_list", "sse_event",
+           "usage_dict"]
 
 SSE_DONE = b"data: [DONE]\n\n"
 
-_ERROR_TYPES = {
-    401: "authentication_error",
-    403: "permission_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-}
 
-
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error envelope; SDKs read `error.message` and raise by HTTP status."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def error_type_for_status(status: int) -> str:
-    """The `error.type` OpenAI uses for an HTTP status."""
-    if status in _ERROR_TYPES:
-        return _ERROR_TYPES[status]
-    return "server_error" if status >= 500 else "invalid_request_error"
+def json_bytes(obj: Any) -> bytes:
+    return orjson.dumps(obj)
 
 
 def completion_id() -> str:
@@ -77,40 +57,41 @@ def chat_completion(id: str, model: str, created: int, text: str, finish_reason:
     }
 
 
-def chat_chunk(id: str, model: str, created: int, *, content: str | None = None, role: str | None = None,
-               finish_reason: str | None = None, include_usage: bool = False) -> dict[str, Any]:
-    """One streamed chunk. The delta holds only the keys given: OpenAI's last chunk has `delta: {}`.
+def _text(text: str) -> bytes:
+    """A JSON string; a lone surrogate (which UTF-8 cannot carry) becomes "?" rather than failing a live stream."""
+    try:
+        return orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(text.encode("utf-8", "replace").decode("utf-8"))
+
+
+class ChunkEncoder:
+    """The SSE events of one streamed chat completion.
 
     With `include_usage` (the client sent `stream_options.include_usage`), every chunk carries
-    `"usage": null` and the stream ends with `usage_chunk`; without it there is no `usage` key.
+    `"usage": null` and the stream ends with `usage`'s chunk; without it there is no `usage` key.
+    OpenAI's first chunk has `delta: {"role": "assistant", "content": ""}`, its last `delta: {}`.
     """
-    delta: dict[str, str] = {}
-    if role is not None:
-        delta["role"] = role
-    if content is not None:
-        delta["content"] = content
-    chunk: dict[str, Any] = {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
 
+    def __init__(self, id: str, model: str, created: int, *, include_usage: bool) -> None:
+        self._head = (b'data: {"id":' + orjson.dumps(id) + b',"object":"chat.completion.chunk","created":'
+                      + str(created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":')
+        self._tail = (b',"usage":null}\n\n' if include_usage else b"}\n\n")
+        self._content_head = self._head + b'[{"index":0,"delta":{"content":'
+        self._content_tail = b'},"logprobs":null,"finish_reason":null}]' + self._tail
 
-def usage_chunk(id: str, model: str, created: int, usage: dict[str, int]) -> dict[str, Any]:
-    """The extra last chunk sent with `include_usage`: no choices, only the token counts."""
-    return {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage,
-    }
+    def role(self) -> bytes:
+        return self._head + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]' + self._tail
+
+    def content(self, text: str) -> bytes:
+        return self._content_head + _text(text) + self._content_tail
+
+    def finish(self, reason: str) -> bytes:
+        return self._head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":' + orjson.dumps(reason) + b"}]" + self._tail
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The extra last chunk sent with `include_usage`: no choices, only the token counts."""
+        return self._head + b'[],"usage":' + orjson.dumps(usage_dict(prompt_tokens, completion_tokens)) + b"}\n\n"
 
 
 def model_list(ids_with_owner: list[tuple[str, str]], created: int) -> dict[str, Any]:
@@ -123,9 +104,11 @@ def model_list(ids_with_owner: list[tuple[str, str]], created: int) -> dict[str,
 
 
 def sse_event(obj: Any) -> bytes:
-    """One server-sent event. Compact JSON keeps frames small; UTF-8 is what SSE mandates anyway.
+    """One server-sent event of any JSON object (compact; UTF-8, as SSE mandates)."""
+    try:
+        text = orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # a lone surrogate somewhere: the slow, forgiving way
+        import json
 
-    A lone surrogate (which UTF-8 cannot carry) becomes "?" rather than failing a live stream.
-    """
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return b"data: " + text.encode("utf-8", "replace") + b"\n\n"
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+    return b"data: " + text + b"\n\n"

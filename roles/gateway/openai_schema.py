@@ -10,45 +10,27 @@ asking for tools or JSON mode would otherwise get plausible-looking but wrong ou
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from cynode.errors import RequestError
+import orjson
 
-__all__ = ["ROLES", "ChatCompletionRequest", "Message", "Sampling", "parse_chat_request"]
+from cynode.errors import RequestError
+from cynode.inference import ChatMessage
+from cynode.sampling import RULES, SamplingParams, check_stop, check_value
+
+__all__ = ["ROLES", "ChatCompletionRequest", "parse_chat_request"]
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
-MAX_STOP = 4
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChatCompletionRequest:
     model: str
-    messages: tuple[Message, ...]
+    messages: tuple[ChatMessage, ...]
     stream: bool = False
     include_usage: bool = False
-    sampling: Sampling = Sampling()
+    sampling: SamplingParams = SamplingParams()
     user: str | None = None
 
 
@@ -83,12 +65,21 @@ def _load_json(body: bytes) -> dict[str, Any]:
     if not body or not body.strip():
         _fail("Invalid JSON body: the request body is empty", None, "invalid_json")
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        _fail(f"Invalid JSON body: {exc}", None, "invalid_json")
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _load_slowly(body)
     if not isinstance(data, dict):
         _fail(f"The request body must be a JSON object; got {_kind(data)}", None, "invalid_type")
     return data
+
+
+def _load_slowly(body: bytes) -> Any:
+    """The standard parser, for what orjson refuses: its messages say more (NaN, the line and column),
+    and a huge number such as 1e400 is a value to refuse by its field's rule, not a syntax error."""
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        _fail(f"Invalid JSON body: {exc}", None, "invalid_json")
 
 
 def _reject_constant(name: str) -> Any:
@@ -96,7 +87,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _messages(value: Any) -> tuple[Message, ...]:
+def _messages(value: Any) -> tuple[ChatMessage, ...]:
     if value is None:
         _fail("'messages' is required", "messages", "missing_required_parameter")
     if not isinstance(value, list):
@@ -106,7 +97,7 @@ def _messages(value: Any) -> tuple[Message, ...]:
     return tuple(_message(item, f"messages[{i}]") for i, item in enumerate(value))
 
 
-def _message(item: Any, path: str) -> Message:
+def _message(item: Any, path: str) -> ChatMessage:
     if not isinstance(item, dict):
         _fail(f"{path} must be an object with 'role' and 'content'; got {_kind(item)}", path, "invalid_type")
     role = item.get("role")
@@ -116,7 +107,7 @@ def _message(item: Any, path: str) -> Message:
         _fail(f"{path}.role must be one of {', '.join(ROLES)}; got {_show(role)}", f"{path}.role", "invalid_value")
     if item.get("tool_calls"):
         _fail(f"{path}.tool_calls is not supported yet", f"{path}.tool_calls", "unsupported_parameter")
-    return Message(role=role, content=_content(item.get("content"), f"{path}.content"))
+    return ChatMessage(role=role, content=_content(item.get("content"), f"{path}.content"))
 
 
 def _content(value: Any, path: str) -> str:
@@ -157,41 +148,44 @@ def _stream_options(value: Any, stream: bool) -> bool:
     return _bool(value, "include_usage", default=False, prefix="stream_options.")
 
 
-def _sampling(data: dict[str, Any]) -> Sampling:
+def _sampling(data: dict[str, Any]) -> SamplingParams:
     n = data.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         _fail(f"only n=1 is supported; got {_show(n)}", "n", "unsupported_value")
-    max_tokens = _int(data, "max_tokens", low=1)
-    max_completion_tokens = _int(data, "max_completion_tokens", low=1)
-    return Sampling(
-        temperature=_number(data, "temperature", 0.0, 2.0),
-        top_p=_number(data, "top_p", 0.0, 1.0, low_open=True),
-        top_k=_int(data, "top_k", low=0),
-        # OpenAI deprecated max_tokens in favour of max_completion_tokens, so the newer one wins.
-        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
-        stop=_stop(data.get("stop")),
-        seed=_int(data, "seed", low=_INT64[0], high=_INT64[1]),
-        presence_penalty=_number(data, "presence_penalty", -2.0, 2.0),
-        frequency_penalty=_number(data, "frequency_penalty", -2.0, 2.0),
-        repetition_penalty=_number(data, "repetition_penalty", 0.0, math.inf, low_open=True),
-    )
+    values = {name: _checked(data, name) for name in RULES}
+    # OpenAI deprecated max_tokens in favour of max_completion_tokens, so the newer one wins.
+    max_completion_tokens = _checked(data, "max_completion_tokens", rule="max_tokens")
+    if max_completion_tokens is not None:
+        values["max_tokens"] = max_completion_tokens
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    return SamplingParams(stop=_stop(data.get("stop")), **values)
+
+
+def _checked(data: dict[str, Any], name: str, *, rule: str | None = None) -> Any:
+    """The value of `name` if given and within its rule (cynode.sampling.RULES), else a 400."""
+    value = data.get(name)
+    if value is None:
+        return None
+    rule = rule or name
+    if isinstance(value, float) and RULES[rule].kind is int and value.is_integer() and not RULES[rule].low <= value <= RULES[rule].high:
+        value = int(value)  # orjson reads an integer beyond 64 bits as a float: report the range, not the type
+    problem = check_value(rule, value)
+    if problem is not None:
+        code, must = problem
+        _fail(f"{name} {must}; got {_show(value)}", name, code)
+    return value
 
 
 def _stop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        _fail(f"stop must be a string or an array of strings; got {_kind(value)}", "stop", "invalid_type")
-    if len(items) > MAX_STOP:
-        _fail(f"stop may hold at most {MAX_STOP} sequences; got {len(items)}", "stop", "invalid_value")
-    for i, item in enumerate(items):
-        where = "stop" if isinstance(value, str) else f"stop[{i}]"
-        if not isinstance(item, str):
-            _fail(f"{where} must be a string; got {_show(item)}", where, "invalid_type")
-        if not item:
-            _fail(f"{where} must not be an empty string", where, "invalid_value")
-    return tuple(items)
+    problem = check_stop(value)
+    if problem is not None:
+        code, where, must, wrong = problem
+        _fail(f"{where} {must}; got {_show(wrong)}", where, code)
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 # Parameters we accept only at their default value, mapped to "is this value the default?".
@@ -227,37 +221,6 @@ def _bool(data: dict[str, Any], name: str, *, default: bool, prefix: str = "") -
         return default
     if not isinstance(value, bool):
         _fail(f"{prefix}{name} must be a boolean; got {_show(value)}", prefix + name, "invalid_type")
-    return value
-
-
-def _number(data: dict[str, Any], name: str, low: float, high: float, *, low_open: bool = False) -> float | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(f"{name} must be a number; got {_show(value)}", name, "invalid_type")
-    too_low = value <= low if low_open else value < low
-    # 1e400 parses as inf, which no sampler can use.
-    if too_low or value > high or not math.isfinite(value):
-        if high == math.inf:
-            bounds = f"greater than {low:g}" if low_open else f"at least {low:g}"
-        elif low_open:
-            bounds = f"greater than {low:g} and at most {high:g}"
-        else:
-            bounds = f"between {low:g} and {high:g}"
-        _fail(f"{name} must be {bounds}; got {_show(value)}", name, "invalid_value")
-    return float(value)
-
-
-def _int(data: dict[str, Any], name: str, *, low: int, high: int | None = None) -> int | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(f"{name} must be an integer; got {_show(value)}", name, "invalid_type")
-    if value < low or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        _fail(f"{name} must be {bounds}; got {value}", name, "invalid_value")
     return value
 
 

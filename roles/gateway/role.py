@@ -11,9 +11,10 @@ from cynode.config import split_host_port
 from cynode.errors import StartupError
 from cynode.http_routes import cluster_routes, node_routes
 from cynode.role import Role, RoleContext
+from cynode.tasks import BackgroundTasks
 
 from .app import build_app
-from .request_context import GatewayMetrics, GatewayState
+from .state import GatewayMetrics, GatewayState
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,19 @@ class GatewayRole(Role):
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._state: GatewayState | None = None
+        self._tasks = BackgroundTasks("gateway")
 
     async def start(self) -> None:
         keys = self._ctx.api_keys
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority)
-        routes = node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.membership, keys)
-        app = build_app(self._state, self._ctx.redis, routes)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        routes = node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.gossip, keys, self._ctx.redis)
+        app = build_app(self._state, routes)
+        # handler_cancellation: a client that disconnects cancels its handler at once, so a request
+        # still waiting for its first token (or for a worker) is given up, not left to run.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     handler_cancellation=True)
         await self._runner.setup()
         host, port = split_host_port(self._config.listen)
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -44,6 +49,7 @@ class GatewayRole(Role):
             await self._site.start()
         except OSError as exc:
             raise StartupError(f"[gateway] listen {self._config.listen!r}: {exc.strerror or exc}") from exc
+        self._tasks.spawn(upstream.leases.run(), "lease keeper")
         log.info("gateway listening on http://%s", self._config.listen)
 
     async def drain(self, timeout: float) -> None:
@@ -60,10 +66,12 @@ class GatewayRole(Role):
                 await in_flight.idle.wait()
         except TimeoutError:
             log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
+        await self._state.upstream.reports.wait(timeout=5.0)  # completions the coordinator must hear of
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        await self._tasks.close()
         if self._state is not None:
             await self._state.upstream.close()
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 
-import grpc.aio
-
-from cynode.engines import create_engine, select_backend
+from cynode.engines import Platform, create_engine, platform_of, select_backend
 from cynode.engines.base import InferenceEngine
 from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec, sim_spec
 from cynode.errors import ConfigError, CynodeError, StartupError
 from cynode.role import Role, RoleContext
 from cynode.rpc import worker_pb2_grpc
+from cynode.rpc.server import RpcServer
+from cynode.tasks import BackgroundTasks
 
 from .metrics import WorkerMetrics
 from .service import WorkerService
@@ -33,20 +31,22 @@ class WorkerRole(Role):
         self._config = ctx.config.worker
         self._manager: MemoryManager | None = None
         self._service: WorkerService | None = None
-        self._server: grpc.aio.Server | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._server: RpcServer | None = None
+        self._tasks = BackgroundTasks("worker")
         self._metrics = WorkerMetrics.register(ctx.telemetry)
+        self._platform: Platform = Platform()
 
     async def start(self) -> None:
         try:
             self._backend = select_backend(self._config.backend)
+            self._platform = platform_of(self._backend)
             registry = self._registry()
         except CynodeError as exc:
             raise StartupError(f"[worker] {exc.message}") from exc
         log.info("worker backend %s (asked for %s); %d model(s) registered", self._backend, self._config.backend,
                  len(registry.specs))
         self._manager = MemoryManager(
-            registry, budget_bytes=self._config.memory_budget or _default_budget(), factory=self._make_engine,
+            registry, budget_bytes=self._config.memory_budget or self._default_budget(), factory=self._make_engine,
             idle_unload=self._config.idle_unload or None, per_model_concurrency=self._config.max_concurrency,
         )
         if self._config.model_registry is None:
@@ -58,22 +58,15 @@ class WorkerRole(Role):
         self._service = WorkerService(self._ctx.config.node.id, self._backend, self._manager, self._metrics,
                                       self._config.max_concurrency)
         self._metrics.active.set_function(self._service.active_requests)
-        gpu = _nvidia_gauges()
-        self._metrics.gpu_memory_used.set_function(gpu[0] if gpu else _resident_bytes)
-        self._metrics.gpu_utilization.set_function(gpu[1] if gpu else _cpu_percent())
-        self._server = grpc.aio.server(interceptors=[self._ctx.peer_auth.server_interceptor()])
-        worker_pb2_grpc.add_WorkerServicer_to_server(self._service, self._server)
-        try:
-            bound = self._server.add_insecure_port(self._config.listen)
-        except RuntimeError:  # newer grpcio raises instead of returning 0
-            bound = 0
-        if bound == 0:
-            raise StartupError(f"[worker] listen {self._config.listen!r}: cannot bind (port in use?)")
+        self._metrics.gpu_memory_used.set_function(self._platform.memory_used)
+        self._metrics.gpu_utilization.set_function(self._platform.utilization)
+        self._server = self._ctx.rpc_server("worker", self._config.listen)
+        self._server.add(worker_pb2_grpc.add_WorkerServicer_to_server, self._service)
         await self._server.start()
         log.info("worker serving %s on %s", ", ".join(s.id for s in registry.specs), self._config.listen)
-        self._tasks.append(asyncio.create_task(self._reap_idle_forever(), name="worker-idle-unload"))
-        if self._ctx.membership is not None:
-            self._tasks.append(asyncio.create_task(self._publish_forever(), name="worker-gossip-meta"))
+        self._tasks.spawn(self._reap_idle_forever(), "idle unload")
+        if self._ctx.gossip is not None:
+            self._tasks.spawn(self._publish_forever(), "gossip metadata")
 
     def _registry(self) -> ModelRegistry:
         if self._backend == "sim" and self._config.model_registry is None:
@@ -111,11 +104,11 @@ class WorkerRole(Role):
         """Keep this worker's facts in gossip metadata: coordinators find workers there."""
         while True:
             try:
-                self._ctx.membership.publish(
+                self._ctx.gossip.publish(
                     models=[s.id for s in self._manager.registry.specs], loaded=self._manager.loaded(),
                     backend=self._backend, active=self._service.active_requests(),
                     capacity=self._config.max_concurrency, weight=self._config.weight, tags=list(self._config.tags),
-                    free_mem=_free_memory(),
+                    free_mem=self._platform.free_memory(),
                 )
             except Exception:
                 log.exception("publishing worker metadata failed")
@@ -127,67 +120,17 @@ class WorkerRole(Role):
             await self._server.stop(grace=timeout)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
         if self._server:
             await self._server.stop(grace=None)
         if self._manager:
             await self._manager.close()
+
+    def _default_budget(self) -> int:
+        return int(self._platform.free_memory() * BUDGET_SHARE) or 1 << 30
 
     def readiness(self) -> tuple[bool, str]:
         if self._manager is None:
             return False, "models not loaded yet"
         return True, f"loaded: {', '.join(self._manager.loaded()) or 'none (models load on first use)'}"
 
-
-def _default_budget() -> int:
-    return int(_free_memory() * BUDGET_SHARE) or 1 << 30
-
-
-def _nvidia_gauges():
-    """(memory used, utilisation %) of GPU 0 through NVML when nvidia-ml-py and an NVIDIA GPU are there;
-    None otherwise (the CPU's figures stand in). Not verified here: these machines have no GPU."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    except Exception:  # no package, no driver or no device: a CPU host
-        return None
-    return (lambda: float(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
-            lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
-
-
-def _resident_bytes() -> float:
-    """Host memory this process uses; the CPU's stand-in for accelerator memory."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _cpu_percent():
-    """This process's CPU use in percent since the last scrape: the CPU's stand-in for GPU utilisation."""
-    try:
-        import psutil
-    except ImportError:  # psutil comes with the `cpu` extra; without it the gauge reads 0
-        return lambda: 0.0
-    process = psutil.Process()
-    process.cpu_percent()  # the first call only sets the baseline
-    return process.cpu_percent
-
-
-def _free_memory() -> int:
-    """Bytes the host can still give (MemAvailable)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0

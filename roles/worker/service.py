@@ -1,5 +1,9 @@
 """The worker's gRPC service: Predict streams tokens straight to the gateway; Health reports readiness;
-LoadModel/UnloadModel/ListModels manage the models the MemoryManager holds."""
+LoadModel/UnloadModel/ListModels manage the models the MemoryManager holds.
+
+Handlers raise cynode errors (an engine's `RequestError` for a too-long prompt keeps its code and
+param); `cynode.rpc.errors` turns them into the call's status for the gateway.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,15 @@ import contextlib
 import logging
 import time
 
-import grpc
-import grpc.aio
-
-from cynode.engines.base import ChatMessage, GenerationRequest
+from cynode.engines.base import GenerationRequest
 from cynode.engines.memory_manager import MemoryManager
-from cynode.engines.registry import ModelSpec, sampling_for
-from cynode.errors import EngineError, RequestError
+from cynode.errors import FencedError, RequestError
 from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
+from cynode.rpc.convert import messages_from_pb, sampling_from_pb
 
 from .metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-
-_STATUS_FOR_HTTP = {404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.OUT_OF_RANGE}
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "presence_penalty", "frequency_penalty",
-                    "repetition_penalty")
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -36,29 +33,35 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         # Fencing: the highest leader epoch seen; assignments from older leaders are refused.
         self.highest_epoch = 0
 
-    async def Predict(self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext):
+    async def Predict(self, request: worker_pb2.PredictRequest, context):
         if request.epoch < self.highest_epoch:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"stale assignment: epoch {request.epoch} is older than {self.highest_epoch}",
-            )
-        self.highest_epoch = max(self.highest_epoch, request.epoch)
+            raise FencedError(f"stale assignment: epoch {request.epoch} is older than {self.highest_epoch}, "
+                              "the epoch of the newest leader this worker has seen")
+        self.highest_epoch = request.epoch
         started = time.monotonic()
         last = None
         tokens = 0
         model = request.model
+        ttft = inter_token = None
         try:
             async with self._manager.use(request.model) as (engine, spec):
                 model = spec.id
-                generation = _to_generation(request, spec)
+                ttft, inter_token = self._metrics.ttft.labels(model), self._metrics.inter_token.labels(model)
+                generation = GenerationRequest(
+                    request_id=request.request_id or request.lease_id, model=spec.id,
+                    messages=messages_from_pb(request.messages), prompt=request.prompt or None,
+                    # The model's default_sampling under what the client set.
+                    sampling=sampling_from_pb(request.sampling).over(spec.default_sampling),
+                    continuation=request.resume_text,
+                )
                 async with contextlib.aclosing(engine.generate(generation)) as stream:
                     async for delta in stream:
-                        now = time.monotonic()
                         if delta.token_ids:
+                            now = time.monotonic()
                             if last is None:
-                                self._metrics.ttft.labels(model).observe(now - started)
+                                ttft.observe(now - started)
                             else:
-                                self._metrics.inter_token.labels(model).observe((now - last) / len(delta.token_ids))
+                                inter_token.observe((now - last) / len(delta.token_ids))
                             last = now
                             tokens += len(delta.token_ids)
                         chunk = worker_pb2.PredictChunk(text=delta.text, token_ids=delta.token_ids,
@@ -66,46 +69,29 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         if delta.usage is not None:
                             # A resumed request's earlier tokens are part of the answer, not of the prompt.
                             resumed = min(request.resume_tokens, delta.usage.prompt_tokens)
-                            chunk.usage.CopyFrom(common_pb2.Usage(
-                                prompt_tokens=delta.usage.prompt_tokens - resumed,
-                                completion_tokens=delta.usage.completion_tokens + resumed,
-                            ))
+                            chunk.usage.prompt_tokens = delta.usage.prompt_tokens - resumed
+                            chunk.usage.completion_tokens = delta.usage.completion_tokens + resumed
                         yield chunk
-        except RequestError as exc:
-            await context.abort(_STATUS_FOR_HTTP.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
-        except EngineError as exc:
-            log.error("request %s failed in the engine: %s", request.request_id, exc)
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.retryable else grpc.StatusCode.INTERNAL
-            await context.abort(code, f"engine error: {exc.message}")
         finally:
             elapsed = time.monotonic() - started
             self._metrics.latency.labels(model).observe(elapsed)
-            self._metrics.tokens.labels(model).inc(tokens)
-            if tokens and elapsed > 0:
-                self._metrics.tokens_per_second.labels(model).observe(tokens / elapsed)
+            if tokens:
+                self._metrics.tokens.labels(model).inc(tokens)
+                if elapsed > 0:
+                    self._metrics.tokens_per_second.labels(model).observe(tokens / elapsed)
 
-    async def Health(self, request: worker_pb2.HealthRequest, context: grpc.aio.ServicerContext) -> worker_pb2.HealthReply:
+    async def Health(self, request: worker_pb2.HealthRequest, context) -> worker_pb2.HealthReply:
         return worker_pb2.HealthReply(
             ready=True, node_id=self._node_id, backend=self._backend, models=self.model_infos(),
             active_requests=self.active_requests(), max_concurrency=self._max_concurrency, detail="ok",
         )
 
     async def LoadModel(self, request: worker_pb2.ModelRequest, context) -> worker_pb2.ModelReply:
-        try:
-            await self._manager.load(request.model)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
-        except EngineError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.retryable else grpc.StatusCode.INTERNAL, exc.message)
+        await self._manager.load(request.model)
         return worker_pb2.ModelReply(model=self._info(request.model))
 
     async def UnloadModel(self, request: worker_pb2.ModelRequest, context) -> worker_pb2.ModelReply:
-        try:
-            await self._manager.unload(request.model)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
-        except EngineError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, exc.message)
+        await self._manager.unload(request.model)
         return worker_pb2.ModelReply(model=self._info(request.model))
 
     async def ListModels(self, request, context) -> common_pb2.ListModelsReply:
@@ -129,19 +115,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _info(self, name: str) -> common_pb2.ModelInfo:
         spec = self._manager.registry.resolve(name)
-        return next((i for i in self.model_infos() if spec and i.id == spec.id), common_pb2.ModelInfo(id=name))
-
-
-def _to_generation(request: worker_pb2.PredictRequest, spec: ModelSpec) -> GenerationRequest:
-    s = request.sampling
-    explicit = {name: getattr(s, name) for name in _SAMPLING_FIELDS if s.HasField(name)}
-    if s.stop:
-        explicit["stop"] = tuple(s.stop)
-    return GenerationRequest(
-        request_id=request.request_id or request.lease_id,
-        model=spec.id,
-        messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
-        prompt=request.prompt or None,
-        sampling=sampling_for(spec, explicit),  # the model's default_sampling under what the client set
-        continuation=request.resume_text,
-    )
+        if spec is None:
+            raise RequestError(f"model {name!r} is not registered here", status=404, param="model",
+                               code="model_not_found")
+        return next(i for i in self.model_infos() if i.id == spec.id)

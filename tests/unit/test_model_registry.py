@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID
-from cynode.engines.registry import ModelRegistry, ModelSpec, sampling_for
+from cynode.engines.registry import ModelRegistry, ModelSpec
+from cynode.sampling import SamplingParams
 from cynode.errors import ConfigError
 
 
@@ -119,9 +120,9 @@ BAD = [
     ("temperature above 2", {"models": [{"id": "x", "source": {"path": "{folder}"}, "default_sampling": {"temperature": 3}}]},
      "models[0].default_sampling.temperature: must be between 0 and 2"),
     ("top_p of zero", {"models": [{"id": "x", "source": {"path": "{folder}"}, "default_sampling": {"top_p": 0}}]},
-     "models[0].default_sampling.top_p: must be in (0, 1]"),
+     "models[0].default_sampling.top_p: must be greater than 0 and at most 1"),
     ("max_tokens of zero", {"models": [{"id": "x", "source": {"path": "{folder}"}, "default_sampling": {"max_tokens": 0}}]},
-     "models[0].default_sampling.max_tokens: must be >= 1"),
+     "models[0].default_sampling.max_tokens: must be at least 1"),
 ]
 
 
@@ -174,6 +175,6 @@ def test_a_model_default_sampling_applies_unless_the_request_sets_its_own(tmp_pa
         {"id": "tiny-a", "source": {"path": str(folder)},
          "default_sampling": {"temperature": 0.7, "max_tokens": 256, "stop": "\n"}}]}))
     spec = registry.resolve("tiny-a")
-    merged = sampling_for(spec, {"temperature": 0.0, "top_p": None})
+    merged = SamplingParams(temperature=0.0).over(spec.default_sampling).resolved()
     assert (merged.temperature, merged.max_tokens, merged.top_p, merged.stop) == (0.0, 256, 1.0, ("\n",))
-    assert sampling_for(None, {}).temperature == 1.0
+    assert SamplingParams().resolved().temperature == 1.0

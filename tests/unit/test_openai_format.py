@@ -6,18 +6,22 @@ import json
 
 import pytest
 
+from cynode.errors import AuthError, QueueFullError, RequestError
+from cynode.openai_errors import error_body, error_type_for_status, response_for
 from cynode.roles.gateway.openai_format import (
     SSE_DONE,
-    chat_chunk,
+    ChunkEncoder,
     chat_completion,
     completion_id,
-    error_body,
-    error_type_for_status,
     model_list,
     sse_event,
-    usage_chunk,
     usage_dict,
 )
+
+
+def chunk(event: bytes) -> dict:
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    return json.loads(event[len(b"data: "):])
 
 
 def test_an_error_body_has_openais_four_fields():
@@ -28,9 +32,19 @@ def test_an_error_body_has_openais_four_fields():
 
 
 def test_an_error_body_carries_a_type_and_code_when_given():
-    body = error_body("Incorrect API key provided: sk-cyno...abcd.", type="authentication_error",
-                      code="invalid_api_key")
+    body = error_body("Incorrect API key provided: sk-cyno...abcd.", status=401, code="invalid_api_key")
     assert body["error"]["type"] == "authentication_error" and body["error"]["code"] == "invalid_api_key"
+
+
+def test_a_cynode_error_answers_with_its_status_code_and_param():
+    reply = response_for(RequestError("the prompt is too long", param="messages", code="context_length_exceeded"))
+    assert reply.status == 400
+    assert json.loads(reply.body)["error"] == {"message": "the prompt is too long", "type": "invalid_request_error",
+                                               "param": "messages", "code": "context_length_exceeded"}
+    full = response_for(QueueFullError(12, retry_after=7))
+    assert full.status == 429 and full.headers["Retry-After"] == "7"
+    assert json.loads(full.body)["error"]["code"] == "queue_full"
+    assert response_for(AuthError("no", status=403, code="model_not_allowed")).status == 403
 
 
 @pytest.mark.parametrize("status, kind", [
@@ -67,32 +81,37 @@ def test_a_whole_completion_has_one_assistant_choice_and_usage():
 
 
 def test_the_first_chunk_announces_the_assistant_role():
-    chunk = chat_chunk("chatcmpl-1", "smollm2", 1, role="assistant", content="")
-    assert chunk["object"] == "chat.completion.chunk"
-    assert chunk["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                 "finish_reason": None}]
+    first = chunk(ChunkEncoder("chatcmpl-1", "smollm2", 1, include_usage=False).role())
+    assert first == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "smollm2",
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}]}
 
 
 def test_a_content_chunk_carries_only_the_content_and_a_null_finish_reason():
-    choice = chat_chunk("c", "m", 1, content="Hel")["choices"][0]
-    assert choice["delta"] == {"content": "Hel"} and choice["finish_reason"] is None
+    choice = chunk(ChunkEncoder("c", "m", 1, include_usage=False).content('He said "hi"\n'))["choices"][0]
+    assert choice["delta"] == {"content": 'He said "hi"\n'} and choice["finish_reason"] is None
 
 
 def test_the_last_chunk_has_an_empty_delta_and_the_finish_reason():
-    choice = chat_chunk("c", "m", 1, finish_reason="length")["choices"][0]
+    choice = chunk(ChunkEncoder("c", "m", 1, include_usage=False).finish("length"))["choices"][0]
     assert choice["delta"] == {} and choice["finish_reason"] == "length"
 
 
 def test_chunks_have_no_usage_key_unless_the_client_asked_for_usage():
-    assert "usage" not in chat_chunk("c", "m", 1, content="x")
-    chunk = chat_chunk("c", "m", 1, content="x", include_usage=True)
-    assert "usage" in chunk and chunk["usage"] is None
+    assert "usage" not in chunk(ChunkEncoder("c", "m", 1, include_usage=False).content("x"))
+    with_usage = ChunkEncoder("c", "m", 1, include_usage=True)
+    for event in (with_usage.role(), with_usage.content("x"), with_usage.finish("stop")):
+        assert "usage" in chunk(event) and chunk(event)["usage"] is None
 
 
 def test_the_usage_chunk_has_no_choices_and_the_counts():
-    chunk = usage_chunk("c", "m", 1, usage_dict(3, 4))
-    assert chunk["object"] == "chat.completion.chunk" and chunk["choices"] == []
-    assert chunk["usage"]["total_tokens"] == 7 and chunk["id"] == "c" and chunk["model"] == "m"
+    last = chunk(ChunkEncoder("c", "m", 1, include_usage=True).usage(3, 4))
+    assert last["object"] == "chat.completion.chunk" and last["choices"] == []
+    assert last["usage"] == usage_dict(3, 4) and last["id"] == "c" and last["model"] == "m"
+
+
+def test_a_lone_surrogate_in_a_token_does_not_break_the_stream():
+    assert chunk(ChunkEncoder("c", "m", 1, include_usage=False).content("a\ud800b"))["choices"][0]["delta"] == {"content": "a?b"}
 
 
 def test_the_model_list_matches_get_v1_models():

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from cynode.errors import RequestError
-from cynode.roles.gateway.openai_schema import ChatCompletionRequest, Message, Sampling, parse_chat_request
+from cynode.inference import ChatMessage as Message
+from cynode.roles.gateway.openai_schema import ChatCompletionRequest, parse_chat_request
+from cynode.sampling import SamplingParams as Sampling
 
 
 def body(**fields) -> bytes:

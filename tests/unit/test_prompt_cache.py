@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+
 import pytest
 
-from cynode.roles.coordinator.prompt_cache import CachedResponse, PromptCache, cache_key, is_deterministic
+from cynode.inference import ChatMessage
+from cynode.roles.coordinator.prompt_cache import CachedResponse, PromptCache, cache_key
+from cynode.sampling import SamplingParams
 from fakes import FakeClock
 
-MESSAGES = [("system", "Be brief."), ("user", "What is the capital of France?")]
-SAMPLING = {"temperature": 0.0, "max_tokens": 24, "stop": ["\n\n"], "seed": None}
+MESSAGES = [ChatMessage("system", "Be brief."), ChatMessage("user", "What is the capital of France?")]
+SAMPLING = SamplingParams(temperature=0.0, max_tokens=24, stop=("\n\n",))
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ async def test_an_identical_deterministic_request_hits_and_replays_the_original(
     key = cache_key("m", "v1", MESSAGES, SAMPLING)
     assert await cache.get(key) is None
     await cache.put(key, response())
-    replay = await cache.get(cache_key("m", "v1", list(MESSAGES), dict(SAMPLING)))
+    replay = await cache.get(cache_key("m", "v1", list(MESSAGES), SamplingParams(temperature=0.0, max_tokens=24, stop=("\n\n",))))
     assert replay == response()
     assert replay.text == "ThecapitalofFranceisParis." and replay.deltas[0] == "The"
     assert cache.hits == 1 and cache.misses == 1 and cache.hit_rate == 0.5
@@ -36,23 +40,28 @@ async def test_an_identical_deterministic_request_hits_and_replays_the_original(
     {"model": "other"},
     {"version": "v2"},
     {"adapter": "lora-a@2"},
-    {"messages": [("system", "Be brief."), ("user", "What is the capital of Spain?")]},
-    {"messages": [("user", "What is the capital of France?")]},
-    {"sampling": {**SAMPLING, "max_tokens": 25}},
-    {"sampling": {**SAMPLING, "stop": ["."]}},
-    {"sampling": {**SAMPLING, "seed": 1}},
-    {"sampling": {**SAMPLING, "top_p": 0.5}},
+    {"messages": [ChatMessage("system", "Be brief."), ChatMessage("user", "What is the capital of Spain?")]},
+    {"messages": [ChatMessage("user", "What is the capital of France?")]},
+    {"sampling": replace(SAMPLING, max_tokens=25)},
+    {"sampling": replace(SAMPLING, stop=(".",))},
+    {"sampling": replace(SAMPLING, seed=1)},
+    {"sampling": replace(SAMPLING, top_p=0.5)},
 ])
 def test_any_change_of_model_version_adapter_messages_or_sampling_is_another_key(change):
     base = {"model": "m", "version": "v1", "messages": MESSAGES, "sampling": SAMPLING, "adapter": ""}
     assert cache_key(**{**base, **change}) != cache_key(**base)
 
 
+def test_a_parameter_left_out_and_one_given_at_its_default_are_other_keys():
+    # A model's default_sampling may differ from OpenAI's defaults, so "not given" is its own value.
+    assert cache_key("m", "v1", MESSAGES, SAMPLING) != cache_key("m", "v1", MESSAGES, replace(SAMPLING, top_p=1.0))
+
+
 def test_only_greedy_or_seeded_requests_count_as_deterministic():
-    assert is_deterministic({"temperature": 0})
-    assert is_deterministic({"temperature": 0.8, "seed": 3})
-    assert not is_deterministic({"temperature": 0.8})
-    assert not is_deterministic({})  # OpenAI's default temperature is 1
+    assert SamplingParams(temperature=0).deterministic
+    assert SamplingParams(temperature=0.8, seed=3).deterministic
+    assert not SamplingParams(temperature=0.8).deterministic
+    assert not SamplingParams().deterministic  # OpenAI's default temperature is 1
 
 
 async def test_entries_expire_after_the_ttl(redis):
@@ -67,7 +76,7 @@ async def test_entries_expire_after_the_ttl(redis):
 async def test_the_size_bound_evicts_the_least_recently_used(redis):
     clock = FakeClock()
     cache = PromptCache(redis, ttl=60, max_size=3, clock=clock)
-    keys = [cache_key("m", "v1", [("user", f"q{i}")], SAMPLING) for i in range(4)]
+    keys = [cache_key("m", "v1", [ChatMessage("user", f"q{i}")], SAMPLING) for i in range(4)]
     for key in keys[:3]:
         clock.now += 1
         await cache.put(key, response())

@@ -50,7 +50,7 @@ async def test_a_claimed_task_leaves_the_queue_and_an_ack_finishes_it(redis):
     assert await queue.claim("a", "w1", "lease-1", 30) == 1
     assert await queue.pending() == [] and await queue.inflight() == ["a"]
     assert await queue.claim("a", "w2", "lease-2", 30) is None  # cannot be claimed twice
-    assert await queue.ack("a", "lease-1") == "done"
+    assert await queue.ack("a", "lease-1") == ("done", "")
     assert (await queue.get("a")).state == "done"
     assert await queue.depths() == {"pending": 0, "inflight": 0, "dead": 0}
 
@@ -89,8 +89,8 @@ async def test_a_stale_lease_cannot_finish_a_task(redis):
     await queue.claim("a", "w", "old", 10)
     assert await queue.fail("a", "old", "x") == "queued"
     await queue.claim("a", "w", "new", 10)
-    assert await queue.ack("a", "old") == "stale"
-    assert await queue.ack("a", "new") == "done"
+    assert (await queue.ack("a", "old"))[0] == "stale"
+    assert (await queue.ack("a", "new"))[0] == "done"
 
 
 async def test_cancel_removes_queued_and_leased_tasks(redis):

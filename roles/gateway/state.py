@@ -1,4 +1,4 @@
-"""What every gateway handler shares: config, keys, upstream, metrics and the in-flight count."""
+"""What every gateway handler shares: config, keys, the cluster client, metrics, the in-flight count."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
 from cynode.errors import RequestError
 from cynode.telemetry import Telemetry
 
-from cynode.api_keys import ApiKey, ApiKeyStore, require
 from .upstream import Upstream
 
 
@@ -30,7 +30,8 @@ class GatewayMetrics:
             requests=telemetry.counter("gateway_http_requests", "HTTP requests by route and status", ("route", "status")),
             latency=telemetry.histogram("gateway_http_request_latency_seconds", "Seconds to answer, by route", ("route",)),
             ttft=telemetry.histogram("gateway_time_to_first_token_seconds", "Seconds from request to the first token"),
-            completions=telemetry.counter("gateway_completions", "Completions by outcome", ("outcome",)),
+            completions=telemetry.counter("gateway_completions", "Completions by outcome (ok, cached, migrated, failed, "
+                                          "cancelled)", ("outcome",)),
             tokens=telemetry.counter("gateway_completion_tokens", "Completion tokens sent to clients"),
         )
 
@@ -81,7 +82,7 @@ class GatewayState:
                 status=413, code="request_too_large",
             ) from None
 
-    def record(self, completion) -> None:
-        outcome = "cached" if completion.cached else ("migrated" if completion.migrations else "ok")
+    def record(self, outcome: str, completion_tokens: int) -> None:
         self.metrics.completions.labels(outcome).inc()
-        self.metrics.tokens.inc(completion.completion_tokens)
+        if completion_tokens:
+            self.metrics.tokens.inc(completion_tokens)

@@ -1,4 +1,4 @@
-"""The daemon's side of gossip: this node's metadata, joining the seeds, and the member list.
+"""The daemon's gossip agent: this node's metadata, joining the seeds, and the member list.
 
 Every node runs gossip. Its metadata (a small, size-bounded map) tells peers what it is:
 
@@ -26,6 +26,7 @@ from cynode.gossip import (Event, GossipError, GossipNode, JoinError, Keyring, M
 from . import __version__
 from .config import NodeConfig, connect_host, join_host_port, split_host_port
 from .errors import StartupError
+from .tasks import BackgroundTasks
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,13 @@ log = logging.getLogger(__name__)
 JOIN_RETRY_S = 15.0  # a seed that is down is tried again this often, forever
 
 
-class Membership:
+class GossipAgent:
     def __init__(self, config: NodeConfig, keys: tuple[bytes, ...], telemetry: Telemetry, roles: list[str]) -> None:
         self._config = config
         self._keys = keys
         self._meta: dict[str, Any] = {"roles": roles, "version": __version__, "addr": self._service_addresses(roles)}
         self.node: GossipNode | None = None
-        self._join_task: asyncio.Task | None = None
+        self._tasks = BackgroundTasks("gossip")
         self._members_gauge = telemetry.gauge("gossip_members", "Members of the cluster by state", ("state",))
         self._health_gauge = telemetry.gauge("gossip_health_score", "Lifeguard local health (0 is healthy)")
 
@@ -79,7 +80,7 @@ class Membership:
             self._members_gauge.labels(state).set_function(lambda s=state: self._count(s))
         self._health_gauge.set_function(lambda: self.node.health_score if self.node else 0)
         if cfg.cluster.seeds:
-            self._join_task = asyncio.create_task(self._join_forever(), name="gossip-join")
+            self._tasks.spawn(self._join_forever(), "join")
 
     async def _join_forever(self) -> None:
         """Join through the seeds; keep trying while none answers (they may start after us)."""
@@ -131,10 +132,7 @@ class Membership:
         return self.node.add_listener(listener)
 
     async def stop(self, graceful: bool) -> None:
-        if self._join_task is not None:
-            self._join_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._join_task
+        await self._tasks.close()
         if self.node is None:
             return
         if graceful:

@@ -1,0 +1,27 @@
+"""The domain types of one inference request that every role shares: chat messages and usage.
+
+Sampling parameters have their own module (`cynode.sampling`); `cynode.rpc.convert` is the one
+place these cross to and from protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ChatMessage", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,52 @@
+"""The one place domain types cross to and from protobuf: sampling, messages, usage.
+
+Every service and client converts here, so a field added to `SamplingParams` and to the proto's
+`SamplingParams` flows through the gateway, the coordinator and the worker with no other edit.
+Unset optional proto fields map to `None` ("not given") and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cynode.inference import ChatMessage, Usage
+from cynode.sampling import RULES, SamplingParams
+
+from . import common_pb2
+
+__all__ = ["messages_from_pb", "messages_to_pb", "sampling_from_pb", "sampling_to_pb", "usage_from_pb", "usage_to_pb"]
+
+_SCALARS = tuple(RULES)
+
+
+def sampling_to_pb(sampling: SamplingParams, *, max_tokens: int | None = None) -> common_pb2.SamplingParams:
+    """`max_tokens`, when given, replaces the request's (a migrated request asks for what is left)."""
+    pb = common_pb2.SamplingParams(stop=sampling.stop)
+    for name in _SCALARS:
+        value = getattr(sampling, name)
+        if value is not None:
+            setattr(pb, name, value)
+    if max_tokens is not None:
+        pb.max_tokens = max_tokens
+    return pb
+
+
+def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
+    values = {name: getattr(pb, name) for name in _SCALARS if pb.HasField(name)}
+    return SamplingParams(stop=tuple(pb.stop), **values)
+
+
+def messages_to_pb(messages: Iterable[ChatMessage]) -> list[common_pb2.ChatMessage]:
+    return [common_pb2.ChatMessage(role=m.role, content=m.content) for m in messages]
+
+
+def messages_from_pb(pbs: Sequence[common_pb2.ChatMessage]) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage(m.role, m.content) for m in pbs)
+
+
+def usage_to_pb(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def usage_from_pb(pb: common_pb2.Usage) -> Usage:
+    return Usage(pb.prompt_tokens, pb.completion_tokens)

@@ -1,0 +1,71 @@
+"""One role's gRPC server: its services on the network, and in-process for roles of the same node.
+
+Every method is registered with the error mapping of `cynode.rpc.errors` (a handler raises a
+`CynodeError`; the caller gets its status and metadata), on the network server and in
+`LocalServices` alike, so a co-located caller and a remote one see the same behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+import grpc.aio
+
+from cynode.errors import StartupError
+
+from .errors import map_handler
+from .local import LocalServices
+
+__all__ = ["RpcServer"]
+
+
+class _Capture:
+    """Takes the place of a server in a generated `add_*Servicer_to_server`, keeping the handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        """The generated code also registers a generic handler; the registered methods suffice."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = handlers
+
+
+class RpcServer:
+    def __init__(self, section: str, listen: str, *, local: LocalServices, addresses: Sequence[str],
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (), options: Sequence[tuple] = ()) -> None:
+        """`section` names the node.toml table in errors; `addresses` are those peers dial (the
+        advertised one, and the listen address itself) and under which co-located roles find it."""
+        self._section = section
+        self._listen = listen
+        self._local = local
+        self._addresses = tuple(dict.fromkeys((*addresses, listen)))
+        self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add(self, add_to_server: Callable[[object, object], None], servicer: object) -> None:
+        """Serve `servicer` (`add_to_server` is the generated `add_<Service>Servicer_to_server`)."""
+        capture = _Capture()
+        add_to_server(servicer, capture)
+        for service, handlers in capture.services.items():
+            wrapped = {name: map_handler(f"/{service}/{name}", h) for name, h in handlers.items()}
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+            self._server.add_registered_method_handlers(service, wrapped)
+            self._methods.update({f"/{service}/{name}": h for name, h in wrapped.items()})
+
+    async def start(self) -> None:
+        try:
+            bound = self._server.add_insecure_port(self._listen)
+        except RuntimeError:  # newer grpcio raises instead of returning 0
+            bound = 0
+        if bound == 0:
+            raise StartupError(f"[{self._section}] listen {self._listen!r}: cannot bind (port in use?)")
+        await self._server.start()
+        self._local.register(self._addresses, self._methods)
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls (network and in-process) and let running ones finish within `grace` s."""
+        self._local.refuse(self._addresses)
+        await self._server.stop(grace)

@@ -1,0 +1,152 @@
+"""The one sampling model: what a request asks of the sampler, and the one table of rules for it.
+
+`SamplingParams` holds only what was asked for: a field left `None` was not given, so a model's
+`default_sampling` (models.json) can fill it and the prompt cache key ignores it. Engines call
+`resolved()` for concrete values. `RULES` is the single table of types, ranges and defaults that
+the OpenAI request schema, the model registry and every engine check against; each of them words
+the failure in its own place (`temperature must be between 0 and 2; got 3`,
+`models[0].default_sampling.temperature: must be between 0 and 2, got 3`).
+
+Importable without torch: the gateway and the coordinator use it too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["MAX_STOP", "RULES", "Rule", "SamplingParams", "check_stop", "check_value"]
+
+MAX_STOP = 4
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: type  # float accepts ints too; int accepts only ints; never booleans
+    low: float
+    high: float
+    default: Any
+    low_open: bool = False
+
+    def bounds(self) -> str:
+        if self.high == math.inf:
+            return f"greater than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+        if self.low_open:
+            return f"greater than {self.low:g} and at most {self.high:g}"
+        return f"between {self.low:g} and {self.high:g}"
+
+
+RULES: dict[str, Rule] = {
+    "temperature": Rule(float, 0.0, 2.0, 1.0),  # 0 = greedy
+    "top_p": Rule(float, 0.0, 1.0, 1.0, low_open=True),
+    "top_k": Rule(int, 0, math.inf, 0),  # 0 = no top-k cut
+    "max_tokens": Rule(int, 1, math.inf, None),  # None = up to the context length
+    "seed": Rule(int, _INT64[0], _INT64[1], None),
+    "presence_penalty": Rule(float, -2.0, 2.0, 0.0),
+    "frequency_penalty": Rule(float, -2.0, 2.0, 0.0),
+    "repetition_penalty": Rule(float, 0.0, math.inf, 1.0, low_open=True),
+}
+
+
+def check_value(name: str, value: Any) -> tuple[str, str] | None:
+    """None when `value` is acceptable for parameter `name`, else (code, "must be ...")."""
+    rule = RULES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float) if rule.kind is float else int):
+        return "invalid_type", "must be a number" if rule.kind is float else "must be an integer"
+    too_low = value <= rule.low if rule.low_open else value < rule.low
+    # 1e400 parses as inf, which no sampler can use.
+    if too_low or value > rule.high or not math.isfinite(value):
+        return "invalid_value", f"must be {rule.bounds()}"
+    return None
+
+
+def check_stop(value: Any) -> tuple[str, str, str, Any] | None:
+    """None when `value` is a valid `stop` (a string or up to MAX_STOP non-empty strings), else
+    (code, where, "must ...", what was wrong) with `where` naming the offending item (`stop[2]`)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        return "invalid_type", "stop", "must be a string or an array of strings", value
+    if len(items) > MAX_STOP:
+        return "invalid_value", "stop", f"may hold at most {MAX_STOP} sequences", len(items)
+    for i, item in enumerate(items):
+        where = "stop" if isinstance(value, str) else f"stop[{i}]"
+        if not isinstance(item, str):
+            return "invalid_type", where, "must be a string", item
+        if not item:
+            return "invalid_value", where, "must not be an empty string", item
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """OpenAI sampling semantics; `None` means "not given" (see `resolved`)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> SamplingParams:
+        """From checked values (models.json's default_sampling, say); unknown keys are ignored."""
+        known = {k: v for k, v in values.items() if k in _FIELDS and v is not None}
+        stop = known.get("stop")
+        if stop is not None:
+            known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            if name in known:
+                known[name] = float(known[name])
+        return cls(**known)
+
+    def given(self) -> dict[str, Any]:
+        """Only what was asked for: the prompt-cache key and the wire carry this."""
+        values = {name: getattr(self, name) for name in RULES if getattr(self, name) is not None}
+        if self.stop:
+            values["stop"] = list(self.stop)
+        return values
+
+    def over(self, defaults: SamplingParams) -> SamplingParams:
+        """These parameters with `defaults` filling what was not given."""
+        mine = self.given()
+        if not mine:
+            return defaults
+        if "stop" in mine:
+            mine["stop"] = self.stop
+        return replace(defaults, **mine)
+
+    def resolved(self) -> SamplingParams:
+        """Every parameter concrete (the rules' defaults where not given); what engines sample with."""
+        missing = {name: rule.default for name, rule in RULES.items()
+                   if getattr(self, name) is None and rule.default is not None}
+        return replace(self, **missing) if missing else self
+
+    @property
+    def greedy(self) -> bool:
+        return (self.temperature if self.temperature is not None else RULES["temperature"].default) <= 0.0
+
+    @property
+    def deterministic(self) -> bool:
+        """Greedy, or sampled with a fixed seed: the same request gives the same answer."""
+        return (self.temperature is not None and self.temperature <= 0.0) or self.seed is not None
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """Every value outside the rules, as (param, code, "must ...")."""
+        found = []
+        for name in RULES:
+            value = getattr(self, name)
+            if value is not None and (bad := check_value(name, value)):
+                found.append((name, *bad))
+        if self.stop and (bad := check_stop(list(self.stop))):
+            found.append((bad[1], bad[0], bad[2]))  # (where, code, rule)
+        return found
+
+
+_FIELDS = frozenset(f.name for f in fields(SamplingParams))
