@@ -1,9 +1,15 @@
-"""The node's Prometheus registry: every role registers its metrics here, one `/metrics` serves them."""
+"""The node's Prometheus registry: every role registers its metrics here, one `/metrics` serves them.
+
+Counters and histograms are `cynode.fast_metrics`' (the request path touches them for every
+token); gauges are prometheus_client's, with `set_function` for values read at scrape time.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .fast_metrics import FastCounter, FastHistogram
 
 # Latency buckets from 5 ms to 2 min: covers time to first token on a CPU and full completions.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -19,14 +25,18 @@ class Telemetry:
         self.node_id = node_id
         Gauge("cynode_node_info", "Static facts about this node", ["node_id"], registry=self.registry).labels(node_id).set(1)
 
-    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-        return Counter(name, doc, labels, registry=self.registry)
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> FastCounter:
+        counter = FastCounter(name, doc, labels)
+        self.registry.register(counter)
+        return counter
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, doc, labels, registry=self.registry)
 
-    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS) -> Histogram:
-        return Histogram(name, doc, labels, registry=self.registry, buckets=buckets)
+    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets=LATENCY_BUCKETS) -> FastHistogram:
+        histogram = FastHistogram(name, doc, labels, buckets)
+        self.registry.register(histogram)
+        return histogram
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,7 +10,6 @@ out before it kills a worker, and nothing waits on a sleep.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, field
 
@@ -179,6 +178,7 @@ class RequestPath:
         for worker in self.workers.values():
             await worker.server.stop(None)
         await self.coordinator.stop(None)
+        await self.queue.close()
         await self.pool.close()
         await self.local.close()
         for channel in self.channels:

@@ -108,44 +108,61 @@ class _UnaryUnary:
 
 
 class _StreamCall:
-    """A server-streaming call: `read()` until `grpc.aio.EOF`, or iterate; `cancel()` to stop."""
+    """A server-streaming call: `read()` until `grpc.aio.EOF`, or iterate; `cancel()` to stop.
+
+    The deadline is one timer for the whole call (not one per read: streams are the hot path);
+    when it fires during a read, it cancels the reading task and the read raises DEADLINE_EXCEEDED.
+    """
 
     def __init__(self, services: LocalServices, agen, context: _Context, deadline: float | None, method: str) -> None:
         self._services = services
         self._agen = agen
         self._context = context
-        self._deadline = deadline
         self._method = method
         self._done = False
+        self._expired = False
+        self._reader: asyncio.Task | None = None
+        self._timer = None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
 
     async def read(self):
         if self._done:
             return grpc.aio.EOF
+        if self._expired:
+            self._close()
+            raise self._context.error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self._reader = asyncio.current_task()
         try:
-            if self._deadline is None:
-                return await self._agen.__anext__()
-            scope = asyncio.timeout_at(self._deadline)
-            try:
-                async with scope:
-                    return await self._agen.__anext__()
-            except TimeoutError:
-                if scope.expired():
-                    self._close()
-                    raise self._context.error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-                raise
+            return await self._agen.__anext__()
         except StopAsyncIteration:
-            self._done = True
+            self._finish()
             return grpc.aio.EOF
         except _Abort as abort:
-            self._done = True
+            self._finish()
             raise self._context.error(abort.code, abort.details) from None
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            self._done = True
+        except asyncio.CancelledError:
+            self._finish()
+            if self._expired and self._reader.uncancel() == 0:
+                raise self._context.error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise
+        except grpc.aio.AioRpcError:
+            self._finish()
             raise
         except Exception as exc:
-            self._done = True
+            self._finish()
             log.exception("in-process stream %s failed", self._method)
             raise self._context.error(grpc.StatusCode.UNKNOWN, f"Unexpected error in the handler: {exc!r}") from None
+        finally:
+            self._reader = None
 
     def __aiter__(self):
         return self
@@ -163,7 +180,7 @@ class _StreamCall:
         return True
 
     def _close(self) -> None:
-        self._done = True
+        self._finish()
         if not self._agen.ag_running:
             self._services.close_later(self._agen)
 

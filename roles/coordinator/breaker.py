@@ -31,6 +31,7 @@ class CircuitBreaker:
         self.settings = settings
         self._clock = clock
         self._outcomes: deque[tuple[float, bool]] = deque()
+        self._failures = 0  # failures among _outcomes, kept as they come and go (O(1) per outcome)
         self._state = CLOSED
         self._opened_at = 0.0
         self._probes_out = 0
@@ -57,16 +58,18 @@ class CircuitBreaker:
             if ok:
                 self._state = CLOSED
                 self._outcomes.clear()
+                self._failures = 0
             else:
                 self._trip(now)
             return
         if state == OPEN:
             return  # a late report from before the trip changes nothing
         self._outcomes.append((now, ok))
+        self._failures += not ok
         while self._outcomes and now - self._outcomes[0][0] > self.settings.window:
-            self._outcomes.popleft()
-        failures = sum(1 for _, good in self._outcomes if not good)
-        if len(self._outcomes) >= self.settings.min_requests and failures / len(self._outcomes) >= self.settings.failure_rate:
+            self._failures -= not self._outcomes.popleft()[1]
+        if (len(self._outcomes) >= self.settings.min_requests
+                and self._failures / len(self._outcomes) >= self.settings.failure_rate):
             self._trip(now)
 
     def _trip(self, now: float) -> None:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
-
+from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
+from prometheus_client import Gauge
 
 
 @dataclass
 class CoordinatorMetrics:
-    requests: Counter
-    tokens: Counter
+    requests: FastCounter
+    tokens: FastCounter
     workers_healthy: Gauge
     leader_epoch: Gauge
     is_leader: Gauge
     cache_hit_rate: Gauge
     queue_pending: Gauge
-    queue_wait: Histogram
+    queue_wait: FastHistogram
 
     @classmethod
     def register(cls, telemetry: Telemetry) -> "CoordinatorMetrics":

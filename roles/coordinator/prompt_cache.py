@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
 
@@ -70,7 +70,8 @@ class CachedResponse:
         return "".join(self.deltas)
 
     def encode(self) -> bytes:
-        return orjson.dumps({**asdict(self), "deltas": list(self.deltas)})
+        return orjson.dumps({"deltas": self.deltas, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                             "completion_tokens": self.completion_tokens, "model": self.model})
 
     @classmethod
     def decode(cls, raw: str | bytes) -> CachedResponse:

@@ -130,6 +130,7 @@ class CoordinatorRole(Role):
     async def stop(self) -> None:
         self._dispatcher.step_down(FencedError("this coordinator is shutting down"))
         await self._tasks.close()
+        await self._queue.close()
         await self._election.release()
         if self._server:
             await self._server.stop(grace=None)

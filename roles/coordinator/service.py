@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 
 from cynode.errors import FencedError, QueueFullError, RequestError, TaskEndedError, UnavailableError
 from cynode.leader_record import read_leader
@@ -214,22 +215,30 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
 
 class _DrainRate:
-    """Completions per second over the last minute, for an honest Retry-After."""
+    """Completions per second over the last minute, for an honest Retry-After: completions are
+    counted per second, so recording one costs the same at 1 request/s as at 10,000."""
 
-    def __init__(self, window: float = 60.0) -> None:
+    def __init__(self, window: int = 60) -> None:
         self._window = window
-        self._times: list[float] = []
+        self._seconds: deque[list[int]] = deque()  # [second, completions in it], oldest first
+        self._count = 0
+
+    def _expire(self, now: int) -> None:
+        while self._seconds and self._seconds[0][0] <= now - self._window:
+            self._count -= self._seconds.popleft()[1]
 
     def record(self) -> None:
-        now = time.monotonic()
-        self._times.append(now)
-        if len(self._times) > 4096 or now - self._times[0] > self._window:
-            self._times = [t for t in self._times if now - t <= self._window]
+        now = int(time.monotonic())
+        if self._seconds and self._seconds[-1][0] == now:
+            self._seconds[-1][1] += 1
+        else:
+            self._seconds.append([now, 1])
+            self._expire(now)
+        self._count += 1
 
     def retry_after(self, depth: int) -> int:
-        now = time.monotonic()
-        recent = [t for t in self._times if now - t <= self._window]
-        rate = len(recent) / self._window if recent else 0.0
+        self._expire(int(time.monotonic()))
+        rate = self._count / self._window
         return max(1, min(60, round(depth / rate))) if rate > 0 else 5
 
 

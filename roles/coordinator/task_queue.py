@@ -8,10 +8,10 @@
     <p>idem:<key>     STRING task id, so a retried submission is not queued twice
     <p>seq            arrival counter (FIFO within a priority)
 
-One round trip admits a request (`admit`): it answers from the prompt cache when the cache shares
+One script admits a request (`admit`): it answers from the prompt cache when the cache shares
 this Redis, and otherwise records the task and, when the leader has a worker free and nothing waits
-ahead of it, leases it to that worker in the same script. One round trip ends it (`ack`), filling
-the cache on the way. Every script first checks the fencing epoch next to the data: a deposed
+ahead of it, leases it to that worker in the same script. One script ends it (`ack`), filling
+the cache on the way. Scripts from concurrent requests share round trips (`ScriptBatcher`). Every script first checks the fencing epoch next to the data: a deposed
 leader's writes are refused atomically (`FencedError`). States: queued -> leased -> done | queued
 (retry) | dead; queued/leased -> cancelled.
 """
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cynode.errors import FencedError, QueueFullError
+from cynode.redis_batch import ScriptBatcher
 from cynode.redis_conn import RedisConnection, translate_errors
 
 from .prompt_cache import FILL_LUA, LOOKUP_LUA, PromptCache
@@ -169,6 +170,7 @@ class TaskQueue:
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._cancel = client.register_script(_CANCEL)
+        self._batch = ScriptBatcher(client)
 
     @property
     def serves_cache(self) -> bool:
@@ -181,7 +183,7 @@ class TaskQueue:
     async def _run(self, script, what: str, *args) -> list[str]:
         epoch = self._epoch()
         with translate_errors(what):
-            reply = await script(args=[self._p, epoch, *args])
+            reply = await self._batch.run(script, [self._p, epoch, *args])
         if reply[0] == "fenced":
             raise FencedError(f"{what} refused: epoch {epoch} is no longer the leader's")
         return reply
@@ -248,6 +250,9 @@ class TaskQueue:
             if state != "stale":
                 results.append((task_id, state))
         return results
+
+    async def close(self) -> None:
+        await self._batch.close()
 
     async def pending(self, limit: int = 1000) -> list[str]:
         """Pending task ids, in the order they will run."""

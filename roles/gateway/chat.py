@@ -31,7 +31,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         idempotency_key=request.headers.get("Idempotency-Key") or request_id,
         priority=key.priority if key.priority else state.default_priority, key_name=key.name,
         cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
-        timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1,
+        timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1, stream=chat.stream,
     )
     started = time.monotonic()
     pieces = completion.deltas()

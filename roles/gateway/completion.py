@@ -36,12 +36,17 @@ from .upstream import Upstream
 log = logging.getLogger(__name__)
 
 _EOF = grpc.aio.EOF
+# A whole (non-streamed) answer travels from the worker in pieces this many ms apart at most: few
+# enough to cost little, frequent enough that a worker dying mid-answer loses little work.
+COALESCE_MS = 50
 
 
 class Completion:
     def __init__(self, upstream: Upstream, *, model: str, messages: tuple[ChatMessage, ...], sampling: SamplingParams,
                  request_id: str, idempotency_key: str, priority: int, key_name: str, cache_mode: int,
-                 timeout: float, max_attempts: int) -> None:
+                 timeout: float, max_attempts: int, stream: bool = True) -> None:
+        """`stream`: the client reads the pieces as they come; when False (it reads the answer
+        whole) the worker sends fewer, bigger pieces, which costs every hop less per token."""
         self._upstream = upstream
         self._messages_pb = messages_to_pb(messages)
         self._sampling = sampling
@@ -53,6 +58,7 @@ class Completion:
         self._cache_mode = cache_mode
         self._deadline = time.monotonic() + timeout
         self._max_attempts = max_attempts
+        self._coalesce_ms = 0 if stream else COALESCE_MS
         self.requested_model = model
         self.model = model
         self.finish_reason = "stop"
@@ -149,7 +155,7 @@ class Completion:
         return worker_pb2.PredictRequest(
             request_id=self.request_id, model=assignment.model or self.requested_model, sampling=sampling,
             messages=self._messages_pb, lease_id=assignment.lease_id, epoch=assignment.epoch,
-            resume_text="".join(sent), resume_tokens=sent_tokens,
+            resume_text="".join(sent), resume_tokens=sent_tokens, coalesce_ms=self._coalesce_ms,
         )
 
     def _take_cached(self, cached: coordinator_pb2.CachedResponse) -> None:

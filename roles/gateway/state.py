@@ -6,11 +6,11 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
 from cynode.errors import RequestError
+from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
 
 from .upstream import Upstream
@@ -18,11 +18,11 @@ from .upstream import Upstream
 
 @dataclass
 class GatewayMetrics:
-    requests: Counter
-    latency: Histogram
-    ttft: Histogram
-    completions: Counter
-    tokens: Counter
+    requests: FastCounter
+    latency: FastHistogram
+    ttft: FastHistogram
+    completions: FastCounter
+    tokens: FastCounter
 
     @classmethod
     def register(cls, telemetry: Telemetry) -> "GatewayMetrics":

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
-
+from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
+from prometheus_client import Gauge
 
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclass
 class WorkerMetrics:
-    latency: Histogram
-    ttft: Histogram
-    inter_token: Histogram
-    tokens_per_second: Histogram
-    tokens: Counter
+    latency: FastHistogram
+    ttft: FastHistogram
+    inter_token: FastHistogram
+    tokens_per_second: FastHistogram
+    tokens: FastCounter
     active: Gauge
     gpu_memory_used: Gauge
     gpu_utilization: Gauge

@@ -54,24 +54,36 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     sampling=sampling_from_pb(request.sampling).over(spec.default_sampling),
                     continuation=request.resume_text,
                 )
+                merge = request.coalesce_ms / 1000
+                pending: worker_pb2.PredictChunk | None = None  # merged deltas not sent yet
+                flushed = started
                 async with contextlib.aclosing(engine.generate(generation)) as stream:
                     async for delta in stream:
+                        now = time.monotonic()
                         if delta.token_ids:
-                            now = time.monotonic()
                             if last is None:
                                 ttft.observe(now - started)
                             else:
                                 inter_token.observe((now - last) / len(delta.token_ids))
                             last = now
                             tokens += len(delta.token_ids)
-                        chunk = worker_pb2.PredictChunk(text=delta.text, token_ids=delta.token_ids,
-                                                        finish_reason=delta.finish_reason or "")
+                        if pending is None:
+                            pending = worker_pb2.PredictChunk(text=delta.text, token_ids=delta.token_ids)
+                        else:
+                            pending.text += delta.text
+                            pending.token_ids.extend(delta.token_ids)
+                        if delta.finish_reason:
+                            pending.finish_reason = delta.finish_reason
                         if delta.usage is not None:
                             # A resumed request's earlier tokens are part of the answer, not of the prompt.
                             resumed = min(request.resume_tokens, delta.usage.prompt_tokens)
-                            chunk.usage.prompt_tokens = delta.usage.prompt_tokens - resumed
-                            chunk.usage.completion_tokens = delta.usage.completion_tokens + resumed
-                        yield chunk
+                            pending.usage.prompt_tokens = delta.usage.prompt_tokens - resumed
+                            pending.usage.completion_tokens = delta.usage.completion_tokens + resumed
+                        if not merge or delta.finish_reason or now - flushed >= merge:
+                            yield pending
+                            pending, flushed = None, now
+                if pending is not None:
+                    yield pending
         finally:
             elapsed = time.monotonic() - started
             self._metrics.latency.labels(model).observe(elapsed)

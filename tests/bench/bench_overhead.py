@@ -38,11 +38,12 @@ BARS = {"c1_p50": 1.5, "c1_p99": 3.0, "c16_p50": 15.0, "rps": 800, "streams": 25
 
 
 def loadgen(job: dict) -> dict:
-    out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), json.dumps(job)], capture_output=True, text=True,
-                         timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
+    with tempfile.NamedTemporaryFile(suffix=".json") as results:
+        out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), json.dumps(job), results.name],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+        return json.loads(Path(results.name).read_text())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -56,7 +57,7 @@ def body(model: str, stream: bool, n: int = TOKENS) -> dict:
 
 
 def sim_node(workdir: Path, redis_url: str, **sim) -> CynodeProcess:
-    extra = {"worker": {"backend": "sim", "max_concurrency": 1024, "sim": sim},
+    extra = {"worker": {"backend": "sim", "max_concurrency": 1024, "sim": sim}, "cluster": {"name": workdir.name},
              "node": {"log_level": "warning"}, "gateway": {"request_timeout": "120s"}}
     return CynodeProcess(workdir, redis_url=redis_url, models_dir=workdir / "models", extra=extra).start(timeout=60)
 

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 load generator for OpenAI-shaped chat endpoints (run as its own process).
 
-    python loadgen.py '<json job>'   → prints one JSON line of results
+    python loadgen.py '<json job>' OUT.json   → writes the results to OUT.json
 
 The same client measures the zero-work server and cynode, so what differs is the server. It costs
 little per request (pre-built request bytes, keep-alive connections, a hand-rolled response reader
@@ -154,7 +154,8 @@ def main() -> None:
         pass
     job = json.loads(sys.argv[1])
     result = asyncio.run(closed_loop(job) if job["mode"] == "closed" else paced(job))
-    print(json.dumps(result))
+    with open(sys.argv[2], "w") as out:
+        json.dump(result, out)
 
 
 if __name__ == "__main__":
