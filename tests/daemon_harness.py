@@ -94,6 +94,15 @@ class CynodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
+    def log_mark(self) -> int:
+        """Where the log ends now; `log_since(mark)` is what was written after."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_since(self, mark: int) -> str:
+        with open(self.log_path, "rb") as handle:
+            handle.seek(mark)
+            return handle.read().decode(errors="replace")
+
     def api_key(self, name: str = "admin") -> str:
         keys = tomllib.loads((self.workdir / "data" / "api-keys.toml").read_text())["keys"]
         return next(k["key"] for k in keys if k["name"] == name)
@@ -120,3 +129,14 @@ class CynodeProcess:
                 return reply.status, json.loads(reply.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -19,6 +19,14 @@ from .local import LocalServices
 
 __all__ = ["RpcServer"]
 
+# Peers ping every 2 s while calls are open, to find a stopped peer fast (cynode.peer_auth); a
+# server must not take that for abuse (gRPC's default would answer with GOAWAY "too_many_pings").
+SERVER_OPTIONS = (
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
 
 class _Capture:
     """Takes the place of a server in a generated `add_*Servicer_to_server`, keeping the handlers."""
@@ -42,7 +50,7 @@ class RpcServer:
         self._listen = listen
         self._local = local
         self._addresses = tuple(dict.fromkeys((*addresses, listen)))
-        self._server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+        self._server = grpc.aio.server(interceptors=list(interceptors), options=[*SERVER_OPTIONS, *options])
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
 
     def add(self, add_to_server: Callable[[object, object], None], servicer: object) -> None:

@@ -30,6 +30,7 @@ class GatewayRole(Role):
         self._site: web.TCPSite | None = None
         self._state: GatewayState | None = None
         self._tasks = BackgroundTasks("gateway")
+        self._draining = False
 
     async def start(self) -> None:
         keys = self._ctx.api_keys
@@ -55,6 +56,7 @@ class GatewayRole(Role):
     async def drain(self, timeout: float) -> None:
         if self._site is None or self._state is None:
             return
+        self._draining = True  # /readyz says so: load balancers stop sending work here
         await self._site.stop()  # no new connections; open streams carry on
         if self._runner is not None and self._runner.server is not None:
             self._runner.server.pre_shutdown()  # close idle keep-alive connections, no keep-alive from here on
@@ -76,4 +78,6 @@ class GatewayRole(Role):
             await self._state.upstream.close()
 
     def readiness(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
         return (self._site is not None, "listening" if self._site else "not started")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import redis
 
 from cynode.cluster_key import ensure_key_file
-from daemon_harness import CynodeProcess
+from daemon_harness import CynodeProcess, wait_for  # noqa: F401  (the cluster tests import it from here)
 
 
 class Cluster:
@@ -97,14 +96,3 @@ def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, s
                 text += event["choices"][0]["delta"].get("content") or ""
                 finish = event["choices"][0]["finish_reason"] or finish
     return text, finish, events
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

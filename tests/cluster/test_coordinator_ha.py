@@ -7,8 +7,8 @@ things in the middle of them; everything else is the real daemon, real gRPC and 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
-import time
 
 import httpx
 
@@ -50,8 +50,9 @@ def test_killing_the_leader_loses_no_task_and_runs_none_twice(cluster):
     model = model_of(gateway)
 
     pool, futures = fire(gateway, model, count=12, max_tokens=60)
-    time.sleep(1.5)  # some requests are streaming, the rest wait in the queue
-    assert cluster.queue_depths()["pending"] > 0
+    # Some requests are streaming (4 slots), the rest wait in the queue.
+    wait_for(lambda: (d := cluster.queue_depths())["inflight"] == 4 and d["pending"] == 8, 30,
+             "4 streaming and 8 queued requests")
     leader_node = cluster.nodes[before["id"]]
     leader_node.proc.send_signal(signal.SIGKILL)
     after = wait_for(lambda: (l := cluster.leader()) and l["id"] != before["id"] and l, 30, "a new leader")
@@ -77,7 +78,7 @@ def test_a_paused_leader_is_fenced_out_and_steps_down_when_it_wakes(cluster):
     try:
         after = wait_for(lambda: (l := cluster.leader()) and l["id"] != before["id"] and l, 30, "a new leader")
         pool, futures = fire(gateway, model, count=4, max_tokens=30)
-        time.sleep(0.5)
+        wait_for(lambda: len(cluster.tasks()) == 4, 30, "the new leader to admit all four")
     finally:
         old.proc.send_signal(signal.SIGCONT)
     replies = [f.result() for f in futures]
@@ -91,23 +92,35 @@ def test_a_paused_leader_is_fenced_out_and_steps_down_when_it_wakes(cluster):
     assert_every_task_done_exactly_once(cluster, 4)
 
 
-def test_a_worker_killed_mid_stream_has_its_task_requeued_and_finished_elsewhere(cluster):
+def test_a_worker_killed_after_the_first_tokens_is_migrated_and_the_client_gets_the_unbroken_answer(cluster):
     workers = [cluster.sim_worker(f"w{i}", concurrency=1) for i in range(2)]
     coordinator = cluster.coordinator("c0", workers, gateway=True)
     cluster.start(*workers, coordinator)
     model = model_of(coordinator)
-    expected_text, _, _ = chat(coordinator, model, content="migrate me", max_tokens=80, stream=True)
+    expected_text, _, _ = chat(coordinator, model, content="migrate me", max_tokens=80, stream=True, cache=False)
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(chat, coordinator, model, content="migrate me", max_tokens=80, stream=True, cache=False)
-        busy = wait_for(lambda: next((t for t in cluster.tasks() if t["state"] == "leased"), None), 20, "a leased task")
-        time.sleep(0.5)  # a few tokens are out
-        cluster.nodes[busy["worker"]].proc.send_signal(signal.SIGKILL)
-        text, finish, _ = future.result()
-    assert finish == "length"
+    body = {"model": model, "messages": [{"role": "user", "content": "migrate me"}], "temperature": 0,
+            "max_tokens": 80, "stream": True}
+    headers = {"Authorization": f"Bearer {coordinator.api_key()}", "Cache-Control": "no-cache"}
+    text, finish, busy = "", None, None
+    with httpx.stream("POST", f"{coordinator.base_url}/v1/chat/completions", json=body, headers=headers,
+                      timeout=120) as reply:
+        assert reply.status_code == 200 and reply.headers["X-Cache"] == "miss"
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            text += choice["delta"].get("content") or ""
+            finish = choice["finish_reason"] or finish
+            if busy is None and len(text) > 20:  # tokens are out: now the worker dies
+                busy = next(t for t in cluster.tasks() if t["state"] == "leased")
+                cluster.nodes[busy["worker"]].proc.send_signal(signal.SIGKILL)
+    assert busy is not None and finish == "length"
     assert text == expected_text, "the migrated stream must continue exactly where the dead worker stopped"
     task = next(t for t in cluster.tasks() if t["id"] == busy["id"])
     assert task["state"] == "done" and task["attempts"] == "2" and task["worker"] != busy["worker"]
+    metrics = httpx.get(f"{coordinator.metrics_url}/metrics", timeout=10).text
+    assert 'gateway_completions_total{outcome="migrated"} 1.0' in metrics
 
 
 def test_a_full_queue_answers_429_with_retry_after(cluster):
@@ -133,9 +146,12 @@ def test_redis_restarted_under_load_loses_no_task(tmp_path, models_dir):
         cluster.start(worker, coordinator)
         model = model_of(coordinator)
         pool, futures = fire(coordinator, model, count=8, max_tokens=40)
-        time.sleep(1.0)
+        wait_for(lambda: (d := cluster.queue_depths())["inflight"] == 2 and d["pending"] == 6, 30,
+                 "2 streaming and 6 queued requests")
+        mark = coordinator.log_mark()
         server.stop()  # SIGTERM: Redis writes its AOF and exits
-        time.sleep(2.0)
+        wait_for(lambda: "leader election: Redis error" in coordinator.log_since(mark), 30,
+                 "the coordinator to find Redis gone")
         server.start()
         replies = [f.result() for f in futures]
         pool.shutdown()

@@ -9,31 +9,42 @@ import sys
 import httpx
 import openai
 
+from daemon_harness import wait_for
 from sse import content_of, events
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 MODEL = "smollm2-135m-instruct"
+# Tests that mean the engine skip the prompt cache (it answers repeated greedy requests) and check
+# that they did: X-Cache: miss.
+ENGINE = {"Cache-Control": "no-cache"}
 
 
-def chat(node, key, **body):
+def chat(node, key, headers=None, **body):
     payload = {"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 24, **body}
     return httpx.post(f"{node.base_url}/v1/chat/completions", json=payload,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+                      headers={"Authorization": f"Bearer {key}", **(headers or {})}, timeout=120)
 
 
-def stream_chat(node, key, **body):
+def engine_chat(node, key, **body):
+    reply = chat(node, key, headers=ENGINE, **body)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["X-Cache"] == "miss"
+    return reply
+
+
+def stream_chat(node, key, headers=None, **body):
     payload = {"model": MODEL, "messages": QUESTION, "temperature": 0, "max_tokens": 24, "stream": True, **body}
     with httpx.stream("POST", f"{node.base_url}/v1/chat/completions", json=payload,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120) as reply:
+                      headers={"Authorization": f"Bearer {key}", **(headers or {})}, timeout=120) as reply:
         assert reply.status_code == 200, reply.read()
         assert reply.headers["content-type"].startswith("text/event-stream")
+        if headers == ENGINE:
+            assert reply.headers["X-Cache"] == "miss"
         return list(events(reply.iter_lines()))
 
 
 def test_a_greedy_chat_answers_paris(node):
-    reply = chat(node, node.api_key())
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
+    body = engine_chat(node, node.api_key()).json()
     assert body["object"] == "chat.completion"
     assert body["model"] == MODEL
     choice = body["choices"][0]
@@ -46,7 +57,7 @@ def test_a_greedy_chat_answers_paris(node):
 
 
 def test_a_streamed_chat_answers_paris_and_ends_with_done(node):
-    received = stream_chat(node, node.api_key(), stream_options={"include_usage": True})
+    received = stream_chat(node, node.api_key(), ENGINE, stream_options={"include_usage": True})
     assert received[-1] == "[DONE]"
     chunks = [e for e in received if isinstance(e, dict)]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -58,33 +69,33 @@ def test_a_streamed_chat_answers_paris_and_ends_with_done(node):
 
 
 def test_streamed_and_whole_answers_are_the_same_text(node):
-    whole = chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
-    streamed = content_of(e for e in stream_chat(node, node.api_key()) if isinstance(e, dict))
-    assert streamed == whole
+    whole = engine_chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
+    streamed = content_of(e for e in stream_chat(node, node.api_key(), ENGINE) if isinstance(e, dict))
+    assert streamed == whole and "Paris" in whole
 
 
 def test_the_official_openai_client_gets_the_same_answer(node):
-    client = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key=node.api_key(), max_retries=0)
-    expected = chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
-    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
-    assert completion.choices[0].message.content == expected
+    client = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key=node.api_key(), max_retries=0,
+                           default_headers=ENGINE)
+    expected = engine_chat(node, node.api_key()).json()["choices"][0]["message"]["content"]
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
+    assert raw.headers["X-Cache"] == "miss"
+    assert raw.parse().choices[0].message.content == expected
     assert "Paris" in expected
-    streamed = "".join(
-        chunk.choices[0].delta.content or ""
-        for chunk in client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stream=True)
-        if chunk.choices
-    )
+    with client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stream=True) as response:
+        assert response.headers["X-Cache"] == "miss"
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
     assert streamed == expected
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
-def test_four_concurrent_requests_all_complete_with_the_same_answer(node):
+def test_four_concurrent_requests_all_reach_the_engine_and_get_the_same_answer(node):
     key = node.api_key()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda _: chat(node, key), range(4)))
-    assert [r.status_code for r in replies] == [200] * 4
+        replies = list(pool.map(lambda _: engine_chat(node, key), range(4)))
     texts = {r.json()["choices"][0]["message"]["content"] for r in replies}
-    assert len(texts) == 1 and "Paris" in texts.pop()
+    assert len(texts) == 1 and "Paris" in texts.pop()  # batched together, each as it would be alone
 
 
 def _assert_openai_error(reply, status, *, param=None, code=None):
@@ -134,6 +145,12 @@ def test_an_unknown_model_is_404_model_not_found(node):
 def test_an_unknown_route_is_a_json_404(node):
     reply = httpx.get(f"{node.base_url}/v1/nothing-here", timeout=30)
     _assert_openai_error(reply, 404)
+
+
+def test_an_answer_cut_by_max_tokens_says_length_and_counts_exactly_that_many(node):
+    body = engine_chat(node, node.api_key(), max_tokens=3,
+                       messages=[{"role": "user", "content": "Count from one to twenty."}]).json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
 
 
 def test_health_readiness_and_metrics_need_no_key(node):
@@ -194,3 +211,30 @@ def test_cluster_status_shows_the_leader_queue_and_worker(node):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"(epoch {body['leader']['epoch']})" in result.stdout and "healthy" in result.stdout
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_naming_messages_and_the_code(node):
+    too_long = [{"role": "user", "content": "lighthouse " * 9000}]  # SmolLM2's context is 8192 tokens
+    reply = chat(node, node.api_key(), headers=ENGINE, messages=too_long)
+    error = _assert_openai_error(reply, 400, param="messages", code="context_length_exceeded")
+    assert "8192" in error["message"]
+
+
+def _metric(node, name: str) -> float:
+    text = httpx.get(f"{node.metrics_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_client_that_leaves_mid_stream_cancels_its_request_and_frees_the_worker(node):
+    cancelled = _metric(node, 'coordinator_inference_requests_total{status="cancelled"}')
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a ship."}],
+               "temperature": 0, "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", f"{node.base_url}/v1/chat/completions", json=payload, timeout=120,
+                      headers={"Authorization": f"Bearer {node.api_key()}", **ENGINE}) as reply:
+        for line in reply.iter_lines():
+            if '"content":"' in line and '"role"' not in line:
+                break  # one token is out: the client goes away
+    wait_for(lambda: _metric(node, 'coordinator_inference_requests_total{status="cancelled"}') == cancelled + 1, 30,
+             "the task to be cancelled")
+    wait_for(lambda: _metric(node, "worker_active_requests") == 0, 30, "the worker's slot to be freed")
+    assert _metric(node, 'coordinator_inference_requests_total{status="failed"}') == 0

@@ -16,7 +16,7 @@ import pytest
 from cynode.cluster_key import generate_key, load_keys
 from cynode.peer_auth import PeerAuth
 from cynode.rpc import worker_pb2, worker_pb2_grpc
-from daemon_harness import CynodeProcess, free_port
+from daemon_harness import CynodeProcess, free_port, wait_for
 from sse import content_of, events
 
 QUESTION = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
@@ -55,13 +55,37 @@ def test_sigterm_during_a_stream_finishes_it_cleanly_and_exits_0_with_embedded_r
         node.kill()
 
 
-def test_new_requests_during_a_drain_are_refused_not_hung(tmp_path, redis_server, builtin_model_dir, models_dir):
+def test_during_a_drain_new_requests_are_refused_at_once_and_the_open_stream_finishes(tmp_path, redis_server,
+                                                                                        builtin_model_dir, models_dir):
     node = CynodeProcess(tmp_path, redis_url=redis_server.url, models_dir=models_dir).start()
     try:
-        node.proc.send_signal(signal.SIGTERM)
-        assert node.proc.wait(60) == 0
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"{node.base_url}/healthz", timeout=5)
+        payload = {"model": "smollm2-135m-instruct", "messages": QUESTION, "temperature": 0, "max_tokens": 64,
+                   "stream": True}
+        headers = {"Authorization": f"Bearer {node.api_key()}", "Cache-Control": "no-cache"}
+        received, refused, readiness = [], None, None
+        with httpx.stream("POST", f"{node.base_url}/v1/chat/completions", json=payload, headers=headers,
+                          timeout=120) as reply:
+            for event in events(reply.iter_lines()):
+                received.append(event)
+                if len(received) != 3:
+                    continue
+                node.proc.send_signal(signal.SIGTERM)
+                wait_for(lambda: "draining 1 in-flight request" in node.log(), 30, "the drain to start")
+                # A new client during the drain is refused at once, not left hanging...
+                try:
+                    httpx.post(f"{node.base_url}/v1/chat/completions", json={**payload, "stream": False},
+                               headers=headers, timeout=5)
+                except httpx.TransportError as exc:
+                    refused = exc
+                # ...and load balancers are told this node is not taking work.
+                readiness = httpx.get(f"{node.metrics_url}/readyz", timeout=5)
+        assert isinstance(refused, httpx.ConnectError), f"a request during the drain got {refused!r}"
+        assert readiness.status_code == 503
+        assert readiness.json()["roles"]["gateway"] == {"ready": False, "detail": "draining"}
+        assert received[-1] == "[DONE]"  # the stream that was open finished whole
+        chunks = [e for e in received if isinstance(e, dict)]
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop") and len(content_of(chunks)) > 20
+        assert node.proc.wait(60) == 0, node.log()
     finally:
         node.kill()
 

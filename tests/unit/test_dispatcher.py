@@ -53,8 +53,9 @@ async def test_waiting_requests_get_the_free_slot_in_priority_order(parts):
 async def test_a_task_nobody_waits_for_is_abandoned(parts):
     queue, dispatcher, _ = parts
     await queue.enqueue("orphan", "m")
-    await asyncio.sleep(0.8)
-    assert (await queue.get("orphan")).state == "cancelled"
+    async with asyncio.timeout(5):  # abandoned after abandon_after (0.3 s) with nobody waiting
+        while (await queue.get("orphan")).state != "cancelled":
+            await asyncio.sleep(0.02)
 
 
 async def test_losing_leadership_releases_every_waiter_with_the_reason(parts):
@@ -62,7 +63,9 @@ async def test_losing_leadership_releases_every_waiter_with_the_reason(parts):
     worker.leased = 1  # full: the request has to wait
     await queue.enqueue("t", "m")
     waiting = asyncio.create_task(dispatcher.wait("t", "m", (), "", timeout=10))
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(5):
+        while "t" not in dispatcher._waiters:
+            await asyncio.sleep(0)
     dispatcher.step_down(RuntimeError("not the leader"))
     with pytest.raises(RuntimeError, match="not the leader"):
         await waiting

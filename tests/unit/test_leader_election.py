@@ -29,7 +29,11 @@ async def test_one_of_two_candidates_leads_and_the_other_takes_over_on_release(r
     tasks = [asyncio.create_task(e.run()) for e in elections]
     try:
         await _until(lambda: any(e.is_leader for e in elections))
-        await asyncio.sleep(0.5)
+        # Two renewals later (the standby tried the lock meanwhile), there is still one leader.
+        leading = next(e for e in elections if e.is_leader)
+        for _ in range(2):
+            renewed = leading._deadline
+            await _until(lambda: leading._deadline > renewed)
         assert sum(e.is_leader for e in elections) == 1
         leader = next(e for e in elections if e.is_leader)
         other = next(e for e in elections if e is not leader)

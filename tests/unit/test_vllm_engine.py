@@ -26,7 +26,8 @@ from cynode.errors import EngineError, RequestError
 
 # Every test shares the session loop the engine fixture lives on: vLLM's output handler is a task
 # on the loop that started the first request.
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+# vLLM takes a minute or more to start on 2 cores, and that start counts against the first test.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(900)]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FRANCE = "What is the capital of France?"

@@ -61,8 +61,8 @@ async def test_strangers_without_the_key_or_of_another_cluster_never_appear():
         for stranger in (wrong_key, other_cluster):
             with pytest.raises(JoinError):
                 await stranger.join([seed_of(members[0]), seed_of(members[1])], timeout=1.0, attempts=2)
-        # Let the strangers' own probing and gossip run a while: still nothing gets through.
-        await asyncio.sleep(1.0)
+        # Each stranger's join attempts reached the members (their joins timed out after that) and
+        # were dropped: nothing of theirs got through, and they learnt of nobody.
         for member in members:
             assert {m.id for m in member.members()} == {"member-0", "member-1"}
         stats = members[0].stats()
