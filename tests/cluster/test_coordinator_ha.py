@@ -161,3 +161,20 @@ def test_redis_restarted_under_load_loses_no_task(tmp_path, models_dir):
     finally:
         cluster.stop()
         server.stop()
+
+
+def test_every_node_answers_who_leads_a_worker_from_gossip(cluster):
+    coordinator = cluster.coordinator("c0", [], gateway=True)
+    seed = f"{coordinator.host}:{coordinator.ports['gossip']}"
+    worker = cluster._node("w0", ["worker"], {"worker": {"backend": "sim"}, "cluster": {"seeds": [seed]}})
+    cluster.start(coordinator, worker)
+    leader = wait_for(cluster.leader, 20, "a leader")
+    key = worker.api_key()
+
+    def worker_says():
+        reply = httpx.get(f"{worker.metrics_url}/v1/cluster/leader", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        return reply.status_code == 200 and reply.json()
+
+    answer = wait_for(worker_says, 30, "the worker-only node to know the leader")
+    assert answer == {"id": "c0", "epoch": int(leader["epoch"]), "address": leader["address"]}
+    assert httpx.get(f"{worker.metrics_url}/v1/cluster/leader", timeout=10).status_code == 401
