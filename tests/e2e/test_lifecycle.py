@@ -20,6 +20,8 @@ from daemon_harness import CynodeProcess, free_port, wait_for
 from sse import content_of, events
 
 QUESTION = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+# The drain must outlast the open stream even on a machine so busy that the model makes 1 token/s.
+SLOW_MACHINE_DRAIN = {"node": {"drain_timeout": "120s"}}
 
 
 def _port_open(port: int) -> bool:
@@ -31,7 +33,7 @@ def _port_open(port: int) -> bool:
 def test_sigterm_during_a_stream_finishes_it_cleanly_and_exits_0_with_embedded_redis(tmp_path, builtin_model_dir, models_dir):
     redis_port = free_port()
     node = CynodeProcess(tmp_path, redis_url=f"redis://127.0.0.1:{redis_port}/0", models_dir=models_dir,
-                         embedded_redis=True).start()
+                         embedded_redis=True, extra=SLOW_MACHINE_DRAIN).start()
     try:
         assert _port_open(redis_port), "the embedded redis-server should be serving"
         payload = {"model": "smollm2-135m-instruct", "messages": QUESTION, "temperature": 0, "max_tokens": 40, "stream": True}
@@ -57,9 +59,9 @@ def test_sigterm_during_a_stream_finishes_it_cleanly_and_exits_0_with_embedded_r
 
 def test_during_a_drain_new_requests_are_refused_at_once_and_the_open_stream_finishes(tmp_path, redis_server,
                                                                                         builtin_model_dir, models_dir):
-    node = CynodeProcess(tmp_path, redis_url=redis_server.url, models_dir=models_dir).start()
+    node = CynodeProcess(tmp_path, redis_url=redis_server.url, models_dir=models_dir, extra=SLOW_MACHINE_DRAIN).start()
     try:
-        payload = {"model": "smollm2-135m-instruct", "messages": QUESTION, "temperature": 0, "max_tokens": 64,
+        payload = {"model": "smollm2-135m-instruct", "messages": QUESTION, "temperature": 0, "max_tokens": 40,
                    "stream": True}
         headers = {"Authorization": f"Bearer {node.api_key()}", "Cache-Control": "no-cache"}
         received, refused, readiness = [], None, None
