@@ -20,10 +20,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import grpc
 import grpc.aio
 
+from cynode.errors import CynodeError
 from cynode.rpc import worker_pb2, worker_pb2_grpc
+from cynode.rpc.errors import rpc_errors
 from cynode.tasks import BackgroundTasks
 
 from .breaker import BreakerSettings, CircuitBreaker
@@ -172,9 +173,10 @@ class WorkerPool:
     async def _check(self, worker: WorkerState) -> None:
         stub = worker_pb2_grpc.WorkerStub(worker.channel)
         try:
-            reply = await stub.Health(worker_pb2.HealthRequest(), timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            self._failed(worker, f"{exc.code().name}: {exc.details()}")
+            with rpc_errors(f"worker {worker.id}"):
+                reply = await stub.Health(worker_pb2.HealthRequest(), timeout=self._timeout)
+        except CynodeError as exc:
+            self._failed(worker, exc.message)
             return
         if not reply.ready:
             self._failed(worker, f"not ready: {reply.detail}")

@@ -234,3 +234,14 @@ def test_every_cynode_error_survives_the_trip_through_grpc_status_and_back():
         assert getattr(back, "retry_after", None) == getattr(error, "retry_after", None)
     lost = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "connection refused")
     assert isinstance(from_rpc_error(lost), PeerUnavailable)
+
+
+async def test_a_stream_past_its_deadline_fails_as_deadline_exceeded_and_frees_the_slot(path):
+    worker = next(iter(path.workers.values()))
+    call = path.upstream.worker(worker.address).Predict(worker_pb2.PredictRequest(
+        request_id="r-deadline", model="sim", epoch=path.election.epoch,
+        messages=[common_pb2.ChatMessage(role="user", content="hi")]), timeout=0.3)
+    with pytest.raises(PeerUnavailable, match="deadline_exceeded"):
+        with rpc_errors("worker"):
+            await call.read()  # the stepped clock never reaches the first token
+    await wait_until(lambda: worker.engine.active_requests == 0, what="the slot to be freed")
