@@ -56,7 +56,7 @@ class SteppedClock:
         self._sleepers.clear()
 
 
-async def wait_until(predicate, timeout: float = 10.0, what: str = "a condition"):
+async def wait_until(predicate, timeout: float = 30.0, what: str = "a condition"):
     """Yield to the event loop until `predicate()` is true; fail naming `what` after `timeout` s."""
     import asyncio
 
