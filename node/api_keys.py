@@ -57,6 +57,8 @@ class ApiKey:
     priority: int = 0
 
     def allows_model(self, model: str) -> bool:
+        if self.models == ("*",):  # the common case, on every request: no pattern matching
+            return True
         # fnmatchcase: model ids are case-sensitive on every platform.
         return any(fnmatchcase(model, pattern) for pattern in self.models)
 

@@ -48,14 +48,17 @@ class Completion:
         """`stream`: the client reads the pieces as they come; when False (it reads the answer
         whole) the worker sends fewer, bigger pieces, which costs every hop less per token."""
         self._upstream = upstream
-        self._messages_pb = messages_to_pb(messages)
         self._sampling = sampling
-        self._sampling_pb = sampling_to_pb(sampling)
         self.request_id = request_id
-        self._idempotency_key = idempotency_key
-        self._priority = priority
-        self._key_name = key_name
         self._cache_mode = cache_mode
+        # Built once: a retry changes only what differs (excluded workers, the lease, resume text).
+        self._admit_request = coordinator_pb2.AdmitRequest(
+            request_id=request_id, model=model, priority=priority, api_key_name=key_name,
+            sampling=sampling_to_pb(sampling), idempotency_key=idempotency_key, messages=messages_to_pb(messages),
+            cache_mode=cache_mode,
+        )
+        self._predict_request_pb = worker_pb2.PredictRequest(
+            request_id=request_id, messages=self._admit_request.messages, sampling=self._admit_request.sampling)
         self._deadline = time.monotonic() + timeout
         self._max_attempts = max_attempts
         self._coalesce_ms = 0 if stream else COALESCE_MS
@@ -137,26 +140,24 @@ class Completion:
                                code="upstream_failed")
 
     async def _admit(self, exclude: list[str], *, retry: bool) -> coordinator_pb2.AdmitReply:
-        cache_mode = self._cache_mode
-        if retry and cache_mode == coordinator_pb2.CACHE_DEFAULT:
-            cache_mode = coordinator_pb2.CACHE_NO_CACHE  # part of the answer may be out already
-        request = coordinator_pb2.AdmitRequest(
-            request_id=self.request_id, model=self.requested_model, priority=self._priority, api_key_name=self._key_name,
-            exclude_workers=exclude, sampling=self._sampling_pb, idempotency_key=self._idempotency_key,
-            messages=self._messages_pb, cache_mode=cache_mode,
-        )
+        request = self._admit_request
+        if retry:
+            del request.exclude_workers[:]
+            request.exclude_workers.extend(exclude)
+            if self._cache_mode == coordinator_pb2.CACHE_DEFAULT:
+                request.cache_mode = coordinator_pb2.CACHE_NO_CACHE  # part of the answer may be out already
         remaining = self._remaining()
         return await self._upstream.call("Admit", request, patience=remaining, timeout=remaining)
 
     def _predict_request(self, assignment: coordinator_pb2.Assignment, sent: list[str], sent_tokens: int) -> worker_pb2.PredictRequest:
-        sampling = self._sampling_pb
-        if sent_tokens and self._sampling.max_tokens is not None:
-            sampling = sampling_to_pb(self._sampling, max_tokens=max(1, self._sampling.max_tokens - sent_tokens))
-        return worker_pb2.PredictRequest(
-            request_id=self.request_id, model=assignment.model or self.requested_model, sampling=sampling,
-            messages=self._messages_pb, lease_id=assignment.lease_id, epoch=assignment.epoch,
-            resume_text="".join(sent), resume_tokens=sent_tokens, coalesce_ms=self._coalesce_ms,
-        )
+        request = self._predict_request_pb
+        request.model = assignment.model or self.requested_model
+        request.lease_id, request.epoch, request.coalesce_ms = assignment.lease_id, assignment.epoch, self._coalesce_ms
+        if sent_tokens:  # a migration: the next worker continues after what the client has
+            request.resume_text, request.resume_tokens = "".join(sent), sent_tokens
+            if self._sampling.max_tokens is not None:
+                request.sampling.max_tokens = max(1, self._sampling.max_tokens - sent_tokens)
+        return request
 
     def _take_cached(self, cached: coordinator_pb2.CachedResponse) -> None:
         self.cached = True
