@@ -5,9 +5,11 @@
     ├── StartupError           a role or dependency could not start
     ├── AuthError              missing/unknown API key, or a scope the key lacks
     ├── RequestError           a bad client request (400, 404, 413, 422)
+    │   └── DatasetError       a bad training file or row: names the file, row, field, expected format
     ├── UnavailableError       no leader, no healthy worker, Redis down (retryable)
     │   └── CapacityError      the queue is full: HTTP 429 with Retry-After
-    └── EngineError            an inference engine failed to load or generate
+    ├── EngineError            an inference engine failed to load or generate
+    └── TrainingError          a fine-tuning job could not run or was stopped; `code` says why
 
 Foreign errors (redis, grpc, torch) are translated into these at one boundary each.
 """
@@ -75,3 +77,50 @@ class CapacityError(UnavailableError):
 
 class EngineError(CynodeError):
     """An inference engine failed to load a model or to generate."""
+
+
+class DatasetError(RequestError):
+    """A training or validation file cannot be used: `file`, `row` (1-based, None for the whole
+    file), `field` (a path such as `messages[2].role`, None for the whole row) and `expected` (what
+    the format wants) say exactly where and what.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        problem: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        format: str | None = None,
+    ) -> None:
+        self.file = file
+        self.row = row
+        self.field = field
+        self.expected = expected
+        self.format = format
+        where = file if row is None else f"{file}: row {row}"
+        if field:
+            where += f": field {field!r}"
+        text = f"{where}: {problem}"
+        if expected:
+            text += f" (expected {expected}"
+            text += f" for format {format!r})" if format else ")"
+        super().__init__(text, status=400, param=field, code="invalid_training_file")
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code, "message": self.message, "file": self.file, "row": self.row,
+            "field": self.field, "expected": self.expected, "format": self.format,
+        }
+
+
+class TrainingError(CynodeError):
+    """A fine-tuning job could not run or was stopped on purpose; `code` is a stable short name
+    (`invalid_job`, `unknown_architecture`, `bad_targets`, `diverged`, `child_died`, ...).
+    """
+
+    def __init__(self, message: str, *, code: str = "training_failed", retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.code = code
