@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def run_job(spec: JobSpec, emit: EventSink, control: TrainerControl | None = None) -> ev.Event:
     control = control or TrainerControl()
     state = {"step": 0}
+    threads = _set_threads(spec.threads)
     try:
         terminal = _run(spec, emit, control, state)
     except DatasetError as exc:
@@ -37,13 +38,24 @@ def run_job(spec: JobSpec, emit: EventSink, control: TrainerControl | None = Non
         log.exception("training job %s failed", spec.job_id)
         terminal = ev.Failed(job_id=spec.job_id, code=_foreign_code(exc), message=f"{type(exc).__name__}: {exc}",
                              step=state["step"], error={"traceback": traceback.format_exc(limit=20)})
+    finally:
+        _set_threads(threads)
     emit(terminal)
     return terminal
 
 
-def _run(spec: JobSpec, emit: EventSink, control: TrainerControl, state: dict[str, int]) -> ev.Event:
+def _set_threads(threads: int | None) -> int | None:
+    """Set torch's CPU threads for the job; returns the previous count, to restore when run in-process."""
+    if not threads:
+        return None
     import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
+
+
+def _run(spec: JobSpec, emit: EventSink, control: TrainerControl, state: dict[str, int]) -> ev.Event:
     from .data.prepare import prepare_dataset
     from .loop.trainer import Trainer
     from .model.setup import load_tokenizer, setup_model
@@ -51,8 +63,6 @@ def _run(spec: JobSpec, emit: EventSink, control: TrainerControl, state: dict[st
     done = _finished_adapter(spec)
     if done is not None:
         return _finish_from(spec, *done)
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     tokenizer = load_tokenizer(spec.model_dir)
     data = prepare_dataset(spec, tokenizer)
     emit(ev.DatasetPrepared(job_id=spec.job_id, format=data.format, **data.stats))

@@ -96,15 +96,15 @@ class Trainer:
                 if not self._train_step(group):
                     return TrainOutcome("cancelled", st)
                 st.batch_in_epoch += len(group)
-                if st.batch_in_epoch >= len(batches):
+                epoch_end = st.batch_in_epoch >= len(batches)
+                if epoch_end:  # the next epoch walks its own order: leave this one's batches
                     st.epoch += 1
                     st.batch_in_epoch = 0
-                    epoch_end = True
-                else:
-                    epoch_end = False
                 outcome = self._after_step(epoch_end)
                 if outcome is not None:
                     return outcome
+                if epoch_end:
+                    break
         return TrainOutcome("completed", st)
 
     def _train_step(self, group: list[list[int]]) -> bool:
@@ -201,10 +201,12 @@ class Trainer:
         return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(self.model).items()}
 
     def _restore_best(self) -> None:
+        """Early stopping ends with the adapter of the best evaluation, not the last one."""
         if self.best_weights is not None:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.model, self.best_weights)
+            self.state.last_eval_loss = self.stopper.best
 
     def _checkpoint(self, reason: str) -> Path:
         st = self.state

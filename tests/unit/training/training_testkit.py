@@ -30,7 +30,7 @@ def job(model_dir: Path, train: Path, out: Path, **overrides) -> dict:
     spec = {
         "job_id": "test-job", "model_dir": str(model_dir), "train_files": [str(train)], "output_dir": str(out),
         "hyperparameters": {"n_epochs": 2, "batch_size": 2, "learning_rate": 1e-2},
-        "checkpoint_every": None, "device": "cpu",
+        "checkpoint_every": None, "device": "cpu", "threads": 1,  # one thread: the tiny model gains nothing from more
     }
     for key in ("hyperparameters", "lora"):
         if key in overrides:
