@@ -76,7 +76,7 @@ def test_the_loss_falls_and_events_round_trip_through_json(tiny_model_dir, secre
     assert steps[-1].loss < steps[0].loss - 0.1  # a random 2-layer model learns slowly; SmolLM2 tests learn for real
     for step in steps:
         assert step.tokens_per_second > 0 and step.memory_bytes > 0 and step.grad_norm > 0
-        assert 0 < step.learning_rate <= 1e-2 and step.eta_seconds >= 0
+        assert 0 < step.learning_rate <= 3e-2 and step.eta_seconds >= 0
     assert steps[-1].eta_seconds == 0 and steps[-1].epoch == pytest.approx(4.0)
     for event in events:
         again = event_from_dict(json.loads(json.dumps(event.to_dict())))
