@@ -48,6 +48,7 @@ class TrainingRunner:
         self._delivered_terminal = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_step = 0
+        self._reaper: asyncio.Future | None = None
 
     @property
     def pid(self) -> int | None:
@@ -162,7 +163,12 @@ class TrainingRunner:
     def _on_exit(self) -> None:
         assert self._loop is not None
         self._loop.remove_reader(self._process.sentinel)
-        self._process.join(0)  # reap it; the sentinel says it has exited, so this does not wait
+        # The sentinel closes while the child exits, a moment before the kernel lets it be reaped, so
+        # the (short) blocking join runs in a thread; its future is kept, never fire-and-forget.
+        self._reaper = self._loop.run_in_executor(None, self._process.join)
+        self._reaper.add_done_callback(self._on_reaped)
+
+    def _on_reaped(self, _future: asyncio.Future) -> None:
         self._exited.set()
         self._maybe_report_death()
 
