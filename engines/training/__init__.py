@@ -23,6 +23,7 @@ from .events import (
 )
 from .job import run_job
 from .loop.checkpoint import list_checkpoints
+from .model.memory import MemoryEstimate, estimate_training_memory
 from .loop.control import TrainerControl
 from .output import adapter_problems, check_adapter, merge_adapter, publish_adapter, verify_manifest
 from .runner import TrainingRunner
@@ -43,6 +44,7 @@ __all__ = [
     "Hyperparameters",
     "JobSpec",
     "LoraSettings",
+    "MemoryEstimate",
     "ModelLoaded",
     "Notice",
     "Paused",
@@ -55,6 +57,7 @@ __all__ = [
     "adapter_problems",
     "check_adapter",
     "check_files",
+    "estimate_training_memory",
     "event_from_dict",
     "list_checkpoints",
     "merge_adapter",

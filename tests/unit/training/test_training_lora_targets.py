@@ -69,3 +69,20 @@ def test_targets_the_model_does_not_have_are_named():
     assert info.value.code == "bad_targets"
     assert "q_proj" in info.value.message and "qkv_proj" in info.value.message  # what it does have
     assert resolve_targets(model, ["qkv_proj"]) == ["qkv_proj"]
+
+
+def test_the_memory_estimate_reads_only_the_config_and_grows_with_the_job(builtin_model_dir, tmp_path):
+    from cynode.engines.training import JobSpec, estimate_training_memory
+
+    def spec(**change):
+        return JobSpec.from_dict({"job_id": "m", "model_dir": str(builtin_model_dir), "train_files": ["/t"],
+                                  "output_dir": str(tmp_path), **change})
+
+    base = estimate_training_memory(builtin_model_dir, spec())
+    assert 0.9 * 135e6 * 4 < base.weights < 1.1 * 135e6 * 4  # SmolLM2-135M in fp32
+    bigger = estimate_training_memory(builtin_model_dir, spec(hyperparameters={"batch_size": 8}))
+    assert bigger.activations == 2 * base.activations and bigger.logits == 2 * base.logits
+    saved = estimate_training_memory(builtin_model_dir, spec(gradient_checkpointing=True))
+    assert saved.activations < base.activations / 5 and saved.total < base.total
+    dpo = estimate_training_memory(builtin_model_dir, spec(method="dpo", format="preference"))
+    assert dpo.logits == 2 * base.logits
