@@ -27,6 +27,7 @@ from .model.memory import MemoryEstimate, estimate_training_memory
 from .loop.control import TrainerControl
 from .output import adapter_problems, check_adapter, merge_adapter, publish_adapter, verify_manifest
 from .runner import TrainingRunner
+from .scripted_runner import ScriptedTrainingRunner
 from .spec import FORMAT_NAMES, VLLM_LORA_RANKS, Hyperparameters, JobSpec, LoraSettings, ServingRules
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Notice",
     "Paused",
     "Resumed",
+    "ScriptedTrainingRunner",
     "ServingRules",
     "Started",
     "Step",

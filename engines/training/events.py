@@ -110,7 +110,7 @@ class CheckpointSaved(Event):
     step: int
     path: str
     reason: str
-    """interval, requested, pause, or final."""
+    """interval, requested or pause."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -158,3 +158,13 @@ def test_a_finished_job_run_again_reports_its_adapter_without_training(trained):
     again = run_job(spec, events.append)
     assert [e.type for e in events] == ["finished"]
     assert again.manifest == finished.manifest and again.adapter_dir == finished.adapter_dir
+
+
+def test_a_job_with_merge_writes_the_merged_model_too(tiny_model_dir, secret_file, tmp_path):
+    spec = JobSpec.from_dict(job(tiny_model_dir, secret_file, tmp_path / "o", merge=True,
+                                 hyperparameters={"max_steps": 1}))
+    finished = run_job(spec, lambda e: None)
+    assert finished.type == "finished" and finished.merged_dir == str(tmp_path / "o" / "merged")
+    manifest = verify_manifest(finished.merged_dir)
+    assert manifest["kind"] == "merged" and manifest["job_id"] == "test-job"
+    assert "model.safetensors" in manifest["files"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cynode.engines.training import TrainingRunner
+from cynode.engines.training import ScriptedTrainingRunner, TrainingRunner
 from cynode.errors import TrainingError
 from training_testkit import job
 
@@ -106,3 +106,18 @@ async def test_a_bad_spec_is_refused_before_any_process_starts(tmp_path):
     with pytest.raises(TrainingError) as info:
         TrainingRunner({"job_id": "x", "model_dir": "/m", "train_files": [], "output_dir": str(tmp_path)})
     assert info.value.code == "invalid_job" and "train_files" in info.value.message
+
+
+async def test_the_scripted_double_follows_the_runners_protocol(tmp_path):
+    spec = {"job_id": "d", "model_dir": "/m", "train_files": ["/t"], "output_dir": str(tmp_path), "checkpoint_every": 2}
+    async with ScriptedTrainingRunner(spec, steps=5) as runner:
+        kinds = [e.type for e in [e async for e in runner.events()]]
+    assert kinds == ["started", "dataset_prepared", "model_loaded", "step", "step", "checkpoint_saved", "step",
+                     "step", "checkpoint_saved", "step", "finished"]
+    for command, terminal in (("cancel", "cancelled"), ("pause", "paused"), ("kill", "failed")):
+        async with ScriptedTrainingRunner(spec, steps=50) as runner:
+            async for event in runner.events():
+                if event.type == "step" and event.step == 3:
+                    await getattr(runner, command)()
+        assert runner.terminal.type == terminal and runner.terminal.step in (3, 4)
+    assert runner.terminal.code == "child_died"

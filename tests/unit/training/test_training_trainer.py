@@ -208,6 +208,7 @@ def test_a_bad_row_fails_the_job_before_any_model_is_loaded(tiny_model_dir, tmp_
     ({"format": "preference"}, "trains with method dpo"),
     ({"hyperparameters": {"learning_rate": 0}}, "hyperparameters.learning_rate"),
     ({"surprise": 1}, "surprise"),
+    ({"early_stopping_patience": 2}, "needs validation_files"),
 ])
 def test_a_bad_spec_names_the_field(tmp_path, change, words):
     spec = {"job_id": "j", "model_dir": "/m", "train_files": ["/t.jsonl"], "output_dir": str(tmp_path), **change}
