@@ -23,8 +23,8 @@ from .events import (
 )
 from .job import run_job
 from .loop.checkpoint import list_checkpoints
-from .model.memory import MemoryEstimate, estimate_training_memory
 from .loop.control import TrainerControl
+from .model.memory import MemoryEstimate, estimate_training_memory
 from .output import adapter_problems, check_adapter, merge_adapter, publish_adapter, verify_manifest
 from .runner import TrainingRunner
 from .scripted_runner import ScriptedTrainingRunner

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def base_model_version(model_dir: str | Path) -> str:
 def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
     manifest = {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **fields,
         "files": file_hashes(folder),
     }

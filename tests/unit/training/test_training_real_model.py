@@ -52,13 +52,14 @@ def test_dpo_on_smollm2_moves_the_margin_towards_the_chosen_answers(builtin_mode
     colours = [("the sky on a clear day", "blue"), ("fresh grass", "green"), ("a ripe banana", "yellow"),
                ("snow", "white"), ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"),
                ("a lemon", "yellow")]
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": [{"role": "user", "content": f"What colour is {thing}?"}],
-         "chosen": f"It is {colour}.", "rejected": "I cannot know the colour of anything."}
-        for thing, colour in colours])
+    rows = [{"prompt": [{"role": "user", "content": f"What colour is {thing}?"}],
+             "chosen": f"It is {colour}.", "rejected": "I cannot know the colour of anything."}
+            for thing, colour in colours]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    held = write_jsonl(tmp_path / "held.jsonl", rows[:4])  # evaluated at each epoch's end: kept small
     spec = JobSpec.from_dict({
         "job_id": "dpo", "model_dir": str(builtin_model_dir), "train_files": [str(pairs)], "method": "dpo",
-        "validation_files": [str(pairs)], "output_dir": str(tmp_path / "out"), "device": "cpu",
+        "validation_files": [str(held)], "output_dir": str(tmp_path / "out"), "device": "cpu",
         "checkpoint_every": None,
         "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate": 1e-3, "beta": 0.1},
     })

@@ -57,7 +57,7 @@ async def test_checkpoint_now_pause_resume_and_cancel_through_the_child(tiny_mod
     paused = seen[-1]
     assert paused.type == "paused" and paused.step >= 3
     assert ("checkpoint_saved", "pause") == (seen[-2].type, seen[-2].reason)
-    assert watch.worst < 1.0, f"the event loop was blocked for {watch.worst:.2f} s"
+    assert watch.worst < 1.5, f"the event loop was blocked for {watch.worst:.2f} s"
 
     async with TrainingRunner(spec) as runner:
         async for event in runner.events():
