@@ -156,6 +156,8 @@ class JobSpec(_Part):
             problems.append(f"lora.targets: {self.lora.targets!r} (expected \"default\", \"all-linear\" or a list)")
         if isinstance(self.lora.targets, list) and not self.lora.targets:
             problems.append("lora.targets: the list is empty")
+        if self.method == "dpo" and self.hyperparameters.packing:
+            problems.append("hyperparameters.packing: DPO trains on pairs, which are not packed")
         if self.early_stopping_patience and not (self.validation_files or self.validation_split > 0):
             problems.append("early_stopping_patience: needs validation_files or a validation_split above 0")
         if problems:

@@ -49,7 +49,9 @@ class SampleTokenizer:
         if any(s.role is not None for s in segments):
             pieces = self._render_chat(sample, segments)
         else:
-            pieces = [(self.prefix_ids, False)] if self.prefix_ids else []
+            # Token ids given by the user are taken as they are; text gets the tokenizer's usual prefix.
+            as_text = any(s.token_ids is None for s in segments)
+            pieces = [(self.prefix_ids, False)] if self.prefix_ids and as_text else []
             pieces += [(s.token_ids if s.token_ids is not None else s.text, s.train) for s in segments]
             if sample.eos:
                 if self.eos_id is None:

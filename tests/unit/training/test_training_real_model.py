@@ -8,7 +8,7 @@ import pytest
 from cynode.engines.training import JobSpec, TrainingRunner, run_job
 from training_testkit import SECRET, UNSEEN_QUESTION, write_jsonl
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.slow
 
 
 def greedy_answer(model, tokenizer, question: str) -> str:
@@ -21,6 +21,7 @@ def greedy_answer(model, tokenizer, question: str) -> str:
     return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_supervised_lora_teaches_smollm2_a_fact_the_base_model_does_not_know(
         builtin_model_dir, tokenizer, secret_file, tmp_path):
     import torch
