@@ -49,7 +49,7 @@ def spec(model_dir: Path, data: Path, out: Path, args: argparse.Namespace) -> di
         "hyperparameters": {"n_epochs": 100, "max_steps": args.steps, "batch_size": args.batch_size,
                             "learning_rate": 1e-3, "lr_scheduler": "constant"},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "checkpoint_every": None, "device": "cpu",
-        "dtype": "float32", "resume": False,
+        "dtype": "float32", "resume": False, "threads": args.threads,
     }
 
 
@@ -76,6 +76,8 @@ def run_plain(model_dir: Path, data: Path, args: argparse.Namespace) -> float:
 
     from cynode.engines.training.loop.batch import epoch_order, micro_batches
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     samples = [tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False) for r in
                (json.loads(line) for line in data.read_text().splitlines())]
@@ -114,6 +116,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for both loops (default: torch's, one per core)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from cynode.engines.builtin_model import ensure_builtin_model
@@ -134,7 +138,9 @@ def main() -> None:
         # down, so the fastest is the least disturbed measurement of each loop.
         best_ours, best_plain = max(ours), max(plain)
         ratio = best_ours / best_plain
-        print(f"SmolLM2-135M LoRA r=16, fp32 CPU, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds "
+        threads = args.threads or "default"
+        print(f"SmolLM2-135M LoRA r=16, fp32 CPU ({threads} threads), batch {args.batch_size}, "
+              f"{args.steps} steps x {args.rounds} rounds "
               f"(best round of each; means: plain {sum(plain) / len(plain):.1f}, cynode {sum(ours) / len(ours):.1f})")
         print(f"plain transformers + peft loop: {best_plain:7.1f} training tokens/s")
         print(f"cynode trainer (child process): {best_ours:7.1f} training tokens/s")
