@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip protos check-protos clean
+.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos clean
 
 install: $(STAMP)
 
@@ -51,6 +51,13 @@ bench-vllm: install-vllm
 
 bench-gossip: install
 	$(BIN)/python tests/bench/bench_gossip.py
+
+bench-training: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_training.py
+
+# A few LoRA steps and a generation on CUDA (tiny model from a config); says so and exits 0 without a GPU.
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/gpu_check.py
 
 protos: install
 	$(BIN)/python tools/gen_protos.py

@@ -5,12 +5,14 @@
     ├── StartupError                  -    -      a role or dependency could not start
     ├── AuthError                   401    invalid_api_key   missing/unknown key (403: a scope or model it lacks)
     ├── RequestError                400    -      a bad client request (also 404, 413, 422)
+    │   └── DatasetError            400    invalid_training_file   a bad training file or row: file, row, field
     ├── UnavailableError            503    unavailable       not there right now: worth retrying (retryable)
     │   ├── CapacityError           429    queue_full        every worker busy and no room to wait
     │   │   └── QueueFullError      429    queue_full        the task queue holds max_size tasks
     │   ├── FencedError             503    fenced            a write under an epoch that is not the leader's
     │   └── TaskEndedError          503    task_ended        the task is done, dead or cancelled already
-    └── EngineError                 500    engine_error      an inference engine failed to load or generate
+    ├── EngineError                 500    engine_error      an inference engine failed to load or generate
+    └── TrainingError               500    (why)             a fine-tuning job could not run or was stopped
 
 Every error carries what a client needs: an HTTP `status`, an OpenAI-style `code`, the `param` it
 is about and whether a retry can help. They cross gRPC intact (`cynode.rpc.errors` maps them to a
@@ -111,3 +113,50 @@ class EngineError(CynodeError):
     """An inference engine failed to load a model or to generate."""
 
     code = "engine_error"
+
+class DatasetError(RequestError):
+    """A training or validation file cannot be used: `file`, `row` (1-based, None for the whole
+    file), `field` (a path such as `messages[2].role`, None for the whole row) and `expected` (what
+    the format wants) say exactly where and what.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        problem: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        format: str | None = None,
+    ) -> None:
+        self.file = file
+        self.row = row
+        self.field = field
+        self.expected = expected
+        self.format = format
+        where = file if row is None else f"{file}: row {row}"
+        if field:
+            where += f": field {field!r}"
+        text = f"{where}: {problem}"
+        if expected:
+            text += f" (expected {expected}"
+            text += f" for format {format!r})" if format else ")"
+        super().__init__(text, status=400, param=field, code="invalid_training_file")
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code, "message": self.message, "file": self.file, "row": self.row,
+            "field": self.field, "expected": self.expected, "format": self.format,
+        }
+
+
+class TrainingError(CynodeError):
+    """A fine-tuning job could not run or was stopped on purpose; `code` is a stable short name
+    (`invalid_job`, `unknown_architecture`, `bad_targets`, `diverged`, `child_died`, ...).
+    """
+
+    code = "training_failed"
+
+    def __init__(self, message: str, *, code: str = "training_failed", retryable: bool | None = None) -> None:
+        super().__init__(message, code=code, retryable=retryable)
