@@ -34,7 +34,8 @@ class GatewayRole(Role):
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority)
-        routes = node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.membership, keys)
+        routes = (node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.membership, keys)
+                  + self._ctx.http_routes)
         app = build_app(self._state, self._ctx.redis, routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()

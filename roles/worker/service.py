@@ -47,6 +47,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         last = None
         tokens = 0
         model = request.model
+        outcome, prompt_tokens = "cancelled", 0  # stays "cancelled" when the caller goes away mid-stream
         try:
             async with self._manager.use(request.model) as (engine, spec):
                 model = spec.id
@@ -64,6 +65,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         chunk = worker_pb2.PredictChunk(text=delta.text, token_ids=delta.token_ids,
                                                         finish_reason=delta.finish_reason or "")
                         if delta.usage is not None:
+                            prompt_tokens = delta.usage.prompt_tokens
                             # A resumed request's earlier tokens are part of the answer, not of the prompt.
                             resumed = min(request.resume_tokens, delta.usage.prompt_tokens)
                             chunk.usage.CopyFrom(common_pb2.Usage(
@@ -71,9 +73,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                                 completion_tokens=delta.usage.completion_tokens + resumed,
                             ))
                         yield chunk
+            outcome = "ok"
         except RequestError as exc:
+            outcome = "rejected"
             await context.abort(_STATUS_FOR_HTTP.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
         except EngineError as exc:
+            outcome = "error"
             log.error("request %s failed in the engine: %s", request.request_id, exc)
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.retryable else grpc.StatusCode.INTERNAL
             await context.abort(code, f"engine error: {exc.message}")
@@ -81,6 +86,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             elapsed = time.monotonic() - started
             self._metrics.latency.labels(model).observe(elapsed)
             self._metrics.tokens.labels(model).inc(tokens)
+            self._metrics.record_request(model, outcome, prompt_tokens)
             if tokens and elapsed > 0:
                 self._metrics.tokens_per_second.labels(model).observe(tokens / elapsed)
 
