@@ -93,7 +93,7 @@ dist/cynode-$(VERSION)-linux-$(ARCH).tar.gz: dist/cynode packaging/install.sh pa
 	cp dist/cynode packaging/install.sh packaging/cynode.service packaging/node.toml build/tarball/cynode-$(VERSION)/
 	cp packaging/deb/cynode.sysusers packaging/deb/cynode.tmpfiles docs/operations.md packaging/grafana/cynode.json \
 	   build/tarball/cynode-$(VERSION)/
-	tar -C build/tarball -czf $@ cynode-$(VERSION)
+	tar -C build/tarball -I 'gzip -1' -cf $@ cynode-$(VERSION)  # -1: the binary inside is compressed already
 	@ls -l $@
 
 clean:

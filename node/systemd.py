@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,14 @@ def status_line(phase: str, roles: Mapping[str, tuple[bool, str]]) -> str:
     return f"{phase}: {'; '.join(parts)}" if parts else phase
 
 
+def _launcher_pid() -> str | None:
+    """The one-file binary's launcher, which systemd knows as the main process: it unpacks the binary
+    and runs the daemon as its child (PyInstaller on Linux), so the watchdog meant for it is ours."""
+    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
+        return str(os.getppid())
+    return None
+
+
 def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
@@ -143,7 +152,7 @@ def _watchdog_usec(values: Mapping[str, str | None], pid: int) -> int | None:
     usec, owner = values.get("WATCHDOG_USEC"), values.get("WATCHDOG_PID")
     if not usec:
         return None
-    if owner and owner.strip() != str(pid):
+    if owner and owner.strip() not in (str(pid), _launcher_pid()):
         return None  # the watchdog is meant for another process (we were started by the service)
     try:
         value = int(usec)

@@ -7,6 +7,7 @@ test is stuck (which is what the watchdog tests wedge on purpose).
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ class NotifySocket:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(path))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the sender's pid, as systemd sees it
         self._sock.settimeout(0.2)
         self.received: list[tuple[float, str]] = []  # (monotonic time, one KEY=value assignment)
+        self.senders: dict[str, set[int]] = {}  # assignment -> pids that sent it
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._receive, name="fake-systemd", daemon=True)
@@ -27,14 +30,19 @@ class NotifySocket:
     def _receive(self) -> None:
         while not self._closed.is_set():
             try:
-                data = self._sock.recv(65536)
+                data, ancillary, _, _ = self._sock.recvmsg(65536, socket.CMSG_SPACE(struct.calcsize("3i")))
             except TimeoutError:
                 continue
             except OSError:
                 return
             now = time.monotonic()
+            pid = next((struct.unpack("3i", d)[0] for level, kind, d in ancillary
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
             with self._lock:
-                self.received.extend((now, line) for line in data.decode().splitlines() if line)
+                for line in data.decode().splitlines():
+                    if line:
+                        self.received.append((now, line))
+                        self.senders.setdefault(line, set()).add(pid)
 
     def assignments(self) -> list[str]:
         with self._lock:

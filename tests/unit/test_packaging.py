@@ -41,7 +41,7 @@ def test_the_systemd_unit_verifies(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     settings = [line.strip() for line in unit.read_text().splitlines() if "=" in line and not line.startswith("#")]
-    for expected in ("Type=notify", "NotifyAccess=main", "WatchdogSec=60", "Restart=on-failure", "KillMode=mixed",
+    for expected in ("Type=notify", "NotifyAccess=all", "WatchdogSec=60", "Restart=on-failure", "KillMode=mixed",
                      "CapabilityBoundingSet=", "SystemCallFilter=@system-service", "ProtectKernelTunables=yes",
                      "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "LockPersonality=yes", "NoNewPrivileges=yes",
                      "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK", "ExecReload=/bin/kill -HUP $MAINPID"):
