@@ -100,6 +100,8 @@ class Operations:
                     published = summary
                     with contextlib.suppress(MetadataError):
                         membership.publish(stats={})  # publish merges: take the figures out again
+                except Exception:  # gossip stopping under us (the drain leaves it first): not worth a crash
+                    log.debug("publishing this node's figures failed", exc_info=True)
             live = [m.meta.get("stats") or {} for m in self.view.members() if str(m.state) in LIVE_STATES]
             self.view.history.record(time.time(), live)
             await asyncio.sleep(STATS_EVERY_S)
