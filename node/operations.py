@@ -87,7 +87,11 @@ class Operations:
 
     async def _stats_forever(self, telemetry: Telemetry, membership: "Membership | None") -> None:
         published = None
+        self._sampler.add(read_registry(telemetry.registry, time.monotonic()))
         while True:
+            # Sleep first: the roles publish their own facts as they start, and gossip sends at most
+            # one metadata change a second, so figures published now would delay the worker's models.
+            await asyncio.sleep(STATS_EVERY_S)
             self._sampler.add(read_registry(telemetry.registry, time.monotonic()))
             summary = self._sampler.summary()
             if membership is not None and summary != published:
@@ -104,7 +108,6 @@ class Operations:
                     log.debug("publishing this node's figures failed", exc_info=True)
             live = [m.meta.get("stats") or {} for m in self.view.members() if str(m.state) in LIVE_STATES]
             self.view.history.record(time.time(), live)
-            await asyncio.sleep(STATS_EVERY_S)
 
 
 async def _logged(coro, what: str) -> None:

@@ -79,10 +79,7 @@ def test_the_binary_runs_a_node_from_a_clean_folder_and_answers_paris(cynode_bin
         _wait_log(tmp_path / "cynode.log", "API keys reloaded", 30)
         key = next(k["key"] for k in tomllib.loads((tmp_path / ".cynode" / "api-keys.toml").read_text())["keys"])
         for model in ["smollm2-135m-instruct"] + (["smollm2-vllm"] if carries_vllm else []):
-            reply = httpx.post(f"http://127.0.0.1:{ports['gateway']}/v1/chat/completions", timeout=600,
-                               headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"},
-                               json={"model": model, "temperature": 0, "max_tokens": 24,
-                                     "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            reply = _chat(ports["gateway"], key, model)
             assert reply.status_code == 200, reply.text
             assert reply.headers["X-Cache"] == "miss"
             assert "Paris" in reply.json()["choices"][0]["message"]["content"], (model, reply.json())
@@ -106,6 +103,21 @@ def test_the_binary_runs_a_node_from_a_clean_folder_and_answers_paris(cynode_bin
         log.close()
         fake_systemd.close()
     assert not list(tmp_path.glob("_MEI*")), "the binary leaves no unpacked copy behind"
+
+
+def _chat(port: int, key: str, model: str) -> httpx.Response:
+    """A chat as an OpenAI client sends it: a 503 with Retry-After (the first request of a model waits
+    for it to load, which under a loaded CI machine can outlast the gateway's call to the coordinator)
+    is retried after the time it names, for up to ten minutes."""
+    deadline = time.monotonic() + 600
+    while True:
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=600,
+                           headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"},
+                           json={"model": model, "temperature": 0, "max_tokens": 24,
+                                 "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        if reply.status_code != 503 or time.monotonic() > deadline:
+            return reply
+        time.sleep(float(reply.headers.get("Retry-After", "2")))
 
 
 def _descendants(pid: int) -> list[int]:
