@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
@@ -98,7 +100,10 @@ def test_the_binary_runs_a_node_from_a_clean_folder_and_answers_paris(cynode_bin
         assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "every child stopped with the daemon"
     finally:
         if proc.poll() is None:
-            proc.kill()
+            # SIGKILL to the one-file launcher would orphan the daemon under it: kill the whole tree.
+            for pid in [*_descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait(30)
         log.close()
         fake_systemd.close()
