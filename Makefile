@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos clean
+.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos clean \
+        binary binary-slim deb tarball
 
 install: $(STAMP)
 
@@ -65,5 +66,45 @@ protos: install
 check-protos: install
 	$(BIN)/python tools/gen_protos.py --check
 
+# The single binary (PyInstaller, packaging/cynode.spec) from this venv, with every engine installed in
+# it; binary-slim leaves torch and the model engines out (gateway, coordinator, sim worker). Never part
+# of `make install`. zlib level 1 instead of PyInstaller's 9 for the one-file archive: a few percent
+# larger, many minutes faster to build (a torch + vLLM binary holds gigabytes).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' node/__init__.py)
+ARCH    := $(shell dpkg --print-architecture 2>/dev/null || uname -m)
+BINARY_INPUTS := $(shell find node roles engines gossip -name '*.py' -o -name '*.proto' -o -path '*/static/*' 2>/dev/null) \
+                 packaging/cynode.spec packaging/pyinstaller_entry.py
+PYINSTALLER := PYINSTALLER_ZLIB_COMPRESSION_LEVEL=1 $(BIN)/python -m PyInstaller --noconfirm --log-level WARN --distpath dist
+
+binary: dist/cynode
+binary-slim: dist/cynode-slim
+
+dist/cynode: $(BINARY_INPUTS)
+	@test -x $(BIN)/python || { echo "make binary: no $(VENV); run make install first" >&2; exit 2; }
+	CYNODE_FLAVOR=full $(PYINSTALLER) --workpath build/pyinstaller-full packaging/cynode.spec
+	@ls -l $@
+
+dist/cynode-slim: $(BINARY_INPUTS)
+	@test -x $(BIN)/python || { echo "make binary-slim: no $(VENV); run make install first" >&2; exit 2; }
+	CYNODE_FLAVOR=slim $(PYINSTALLER) --workpath build/pyinstaller-slim packaging/cynode.spec
+	@ls -l $@
+
+# The Debian package (dpkg-deb): binary, unit, /etc/cynode/node.toml as a conffile, maintainer scripts.
+deb: dist/cynode_$(VERSION)_$(ARCH).deb
+
+dist/cynode_$(VERSION)_$(ARCH).deb: dist/cynode packaging/cynode.service packaging/node.toml $(wildcard packaging/deb/*)
+	packaging/deb/build.sh dist/cynode dist $(VERSION)
+
+# The same for hosts without dpkg: a tarball with packaging/install.sh.
+tarball: dist/cynode-$(VERSION)-linux-$(ARCH).tar.gz
+
+dist/cynode-$(VERSION)-linux-$(ARCH).tar.gz: dist/cynode packaging/install.sh packaging/cynode.service packaging/node.toml
+	rm -rf build/tarball && mkdir -p build/tarball/cynode-$(VERSION)
+	cp dist/cynode packaging/install.sh packaging/cynode.service packaging/node.toml build/tarball/cynode-$(VERSION)/
+	cp packaging/deb/cynode.sysusers packaging/deb/cynode.tmpfiles docs/operations.md packaging/grafana/cynode.json \
+	   build/tarball/cynode-$(VERSION)/
+	tar -C build/tarball -I 'gzip -1' -cf $@ cynode-$(VERSION)  # -1: the binary inside is compressed already
+	@ls -l $@
+
 clean:
-	rm -rf $(VENV) .test-cache .pytest_cache
+	rm -rf $(VENV) .test-cache .pytest_cache build dist

@@ -31,13 +31,18 @@ class Keyring:
     __slots__ = ("_ciphers", "_keys")
 
     def __init__(self, keys: Sequence[bytes]) -> None:
+        self.replace(keys)
+
+    def replace(self, keys: Sequence[bytes]) -> None:
+        """Swap in a new set of keys (a reload of the key file), in place: every codec holding this
+        keyring uses the new keys from its next packet. A bad set raises and leaves the old one."""
         if not keys:
             raise ValueError("a keyring needs at least one key")
         for index, key in enumerate(keys):
             if len(key) not in KEY_SIZES:
                 raise ValueError(f"key {index + 1} is {len(key)} bytes; AES-GCM keys are 16, 24 or 32 bytes")
-        self._keys = tuple(bytes(k) for k in keys)
-        self._ciphers = tuple(AESGCM(k) for k in self._keys)
+        new_keys = tuple(bytes(k) for k in keys)
+        self._keys, self._ciphers = new_keys, tuple(AESGCM(k) for k in new_keys)
 
     @property
     def primary(self) -> bytes:

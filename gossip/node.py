@@ -314,6 +314,11 @@ class GossipNode:
         self._dispatch(self._core.update_meta(self._meta))
 
     @property
+    def keyring(self) -> Keyring | None:
+        """The keyring packets are sealed with; `Keyring.replace` rotates keys without a restart."""
+        return self._keyring
+
+    @property
     def health_score(self) -> int:
         """Lifeguard local health: 0 is healthy; higher means this node is probing more slowly."""
         return self._require_core().health_score

@@ -118,6 +118,11 @@ class ApiKeyStore:
             raise ConfigError(source, problems)
         return cls(entries)
 
+    def replace(self, other: ApiKeyStore) -> None:
+        """Take `other`'s keys in place (SIGHUP re-reads the file): everything holding this store
+        authenticates against the new keys from the next request on."""
+        self._entries = other._entries
+
     @property
     def keys(self) -> tuple[ApiKey, ...]:
         return tuple(api_key for _, api_key in self._entries)

@@ -5,8 +5,9 @@
     cynode config explain             every key, its default and meaning
     cynode status [-c node.toml]      leader, queue and workers of the cluster
     cynode members [-c node.toml]     the gossip members this node sees
+    cynode doctor [-c node.toml]      check this host before the first start; say what to fix
     cynode keygen                     print a new cluster key
-    cynode version
+    cynode version                    version, commit and the engines this cynode carries
 
 Nothing here imports torch: `cynode --help` and config commands stay instant.
 """
@@ -19,13 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cynode", description="Run LLM serving and fine-tuning across a handful of machines.")
-    parser.add_argument("--version", action="version", version=f"cynode {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run this node's roles until SIGTERM")
@@ -51,9 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     members.add_argument("--key", help="an API key with the admin scope (default: $CYNODE_API_KEY or this node's key file)")
     members.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    doctor = commands.add_parser("doctor", help="check this host before the first start and say what to fix")
+    doctor.add_argument("-c", "--config", type=Path, help="node.toml to check (default: built-in defaults)")
+
     commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
-    commands.add_parser("version", help="print the version")
+    commands.add_parser("version", help="print the version, commit and engines")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked (it looks for the engines, without importing them)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "print the version, commit and engines, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .build_info import version_text
+
+        print(version_text())
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command in ("status", "members"):
             return _cluster_view(args)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 
             print(generate_key())
             return 0
-        print(f"cynode {__version__}")
+        from .build_info import version_text
+
+        print(version_text())
         return 0
     except ConfigError as exc:
         print(f"cynode: invalid configuration\n{exc}", file=sys.stderr)
@@ -119,17 +140,29 @@ def _cluster_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .doctor import FAIL, render, run_checks
+
+    config = load_config(args.config, os.environ)  # a bad file stops here, every problem named (exit 2)
+    checks = run_checks(config)
+    source = args.config or "built-in defaults"
+    print(render(checks, f"cynode doctor: {source} (node {config.node.id}; roles: {', '.join(config.node.roles)})"))
+    return 1 if any(c.level == FAIL for c in checks) else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from .config import load_config
     from .daemon import Daemon
-    from .logs import setup_logging
+    from .logs import setup_logging, under_journald
+    from .systemd import Notifier
 
     config = load_config(args.config, os.environ, _flag_overrides(args))
-    setup_logging(config.node.log_format, config.node.log_level, config.node.id)
+    setup_logging(config.node.log_format, config.node.log_level, config.node.id, journal=under_journald(os.environ))
     multiprocessing.set_start_method("spawn", force=True)  # fork + threads + torch do not mix
-    daemon = Daemon(config, notify_socket=os.environ.get("NOTIFY_SOCKET"))
+    daemon = Daemon(config, notifier=Notifier.from_environ(os.environ))  # takes NOTIFY_SOCKET & co. out of the env
     try:
         import uvloop
 

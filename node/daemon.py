@@ -4,6 +4,10 @@ Start order: cluster key → Redis (embedded or not) → node HTTP (/metrics, /h
 worker → coordinator → gateway, so each role finds what it depends on already serving. SIGTERM or
 SIGINT drains in the reverse order (gateway first: it stops taking requests and lets open streams
 finish), then stops everything. A role that fails to start stops the daemon with exit code 1.
+
+Under systemd (`node/systemd.py`) the daemon reports STATUS= lines from start-up on, READY=1 once
+every role serves, WATCHDOG=1 from the event loop and STOPPING=1 when the drain starts; SIGHUP
+re-reads models (the roles), API keys and the cluster keyring (`node/reload_hooks.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from .gossip_agent import GossipAgent
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
 from .role import Role, RoleContext
+from .operations import Operations
 from .rpc.local import LocalServices
-from .sd_notify import notify
+from .systemd import Notifier, status_line
 from .tasks import BackgroundTasks
 from .telemetry import Telemetry
 
@@ -49,9 +54,10 @@ def _role_class(name: str) -> Callable[[RoleContext], Role]:
 
 
 class Daemon:
-    def __init__(self, config: NodeConfig, *, notify_socket: str | None = None) -> None:
+    def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None) -> None:
         self.config = config
-        self._notify_socket = notify_socket
+        self._phase = "starting"
+        self._ops = Operations(config, notifier or Notifier(None), self._status_line)
         self._stop = asyncio.Event()
         self._roles: list[Role] = []
         self._planned: list[str] = []  # roles this node will run, in start order
@@ -69,6 +75,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        self._ops.supervise()
         try:
             await self._start()
         except CynodeError as exc:
@@ -79,13 +86,23 @@ class Daemon:
             log.exception("start-up failed")
             await self._shutdown(drain=False)
             return 1
-        notify("READY=1", self._notify_socket)
+        self._phase = "serving"
+        self._ops.ready()
         log.info("node %s ready: %s", self.config.node.id, ", ".join(r.name for r in self._roles))
         await self._stop.wait()
-        notify("STOPPING=1", self._notify_socket)
+        self._phase = f"draining (up to {self.config.node.drain_timeout:g}s for in-flight requests)"
+        self._ops.stopping()
         await self._shutdown(drain=True)
         log.info("node %s stopped", self.config.node.id)
         return 0
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=: the phase, then what each role says (loading model X, leader or standby)."""
+        reports = {}
+        for role in self._roles:
+            ok, detail = role.readiness()
+            reports[role.name] = (ok, detail if role.name in self._serving else f"starting ({detail})")
+        return status_line(self._phase, reports)
 
     def _on_hangup(self) -> None:
         if self._reloading is None or self._reloading.done():
@@ -93,6 +110,7 @@ class Daemon:
 
     async def _reload(self) -> None:
         log.info("SIGHUP received: reloading")
+        await self._ops.reload()  # API keys and the cluster keyring
         for role in list(self._roles):
             if role.name in self._serving:
                 try:
@@ -125,10 +143,13 @@ class Daemon:
             log.info("Redis at %s", safe_url(cfg.redis.url))
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)
         await self._gossip.start()
+        peer_auth = PeerAuth(keys)
+        self._ops.attach(telemetry=telemetry, api_keys=api_keys, membership=self._gossip, redis=self._redis,
+                         key_consumers=[self._gossip.node.keyring.replace, peer_auth.replace_keys])
         ctx = RoleContext(
             config=cfg,
             telemetry=telemetry,
-            peer_auth=PeerAuth(keys),
+            peer_auth=peer_auth,
             redis=self._redis,
             boot_id=uuid.uuid4().hex[:12],
             readiness=self._readiness,
@@ -136,6 +157,7 @@ class Daemon:
             api_keys=api_keys,
             gossip=self._gossip,
             local=self._local,
+            http_routes=self._ops.routes(),
         )
         await self._start_node_http(telemetry, api_keys)
         for name in roles:
@@ -162,7 +184,8 @@ class Daemon:
 
     async def _start_node_http(self, telemetry: Telemetry, api_keys: ApiKeyStore) -> None:
         app = web.Application()
-        app.add_routes(node_routes(telemetry, self._readiness) + cluster_routes(self._gossip, api_keys, self._redis))
+        app.add_routes(node_routes(telemetry, self._readiness) + cluster_routes(self._gossip, api_keys, self._redis)
+                       + self._ops.routes())
         self._http = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._http.setup()
         host, port = split_host_port(self.config.metrics.listen)
@@ -172,6 +195,8 @@ class Daemon:
             raise StartupError(f"[metrics] listen {self.config.metrics.listen!r}: {exc.strerror or exc}") from exc
 
     def _readiness(self) -> dict[str, tuple[bool, str]]:
+        if self._phase.startswith("draining"):  # load balancers stop sending before the ports close
+            return {name: (False, "draining") for name in self._planned}
         started = {role.name: role for role in self._roles if role.name in self._serving}
         return {name: started[name].readiness() if name in started else (False, "starting") for name in self._planned}
 
@@ -181,9 +206,12 @@ class Daemon:
             await self._gossip.stop(graceful=drain)
         if drain:
             # Gateway first: it stops taking requests while the roles behind it still serve its streams.
+            # One deadline for all of them: [node] drain_timeout bounds the whole drain (TimeoutStopSec).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.node.drain_timeout
             for role in reversed(self._roles):
                 try:
-                    await role.drain(self.config.node.drain_timeout)
+                    await role.drain(max(0.0, deadline - loop.time()))
                 except Exception:
                     log.exception("draining %s failed", role.name)
         for role in reversed(self._roles):
@@ -199,3 +227,4 @@ class Daemon:
             await self._redis.close()
         if self._embedded is not None:
             await self._embedded.stop()
+        await self._ops.close()

@@ -71,7 +71,12 @@ class _Family(Collector):
         return self._child(tuple(str(v) for v in values))
 
     def describe(self) -> list:
-        return []  # collected lazily; no name clash checks needed beyond the registry's own
+        """The family without samples: the registry learns the names (for clashes, and for
+        `restricted_registry`, which collects by name)."""
+        return [self._family()]
+
+    def _family(self):
+        raise NotImplementedError
 
 
 class FastCounter(_Family):
@@ -81,8 +86,11 @@ class FastCounter(_Family):
     def inc(self, amount: float = 1.0) -> None:
         self._default.inc(amount)
 
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, child in sorted(self._children.items()):
             family.add_metric(values, child.value)
         yield family
@@ -99,8 +107,11 @@ class FastHistogram(_Family):
     def observe(self, value: float) -> None:
         self._default.observe(value)
 
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, child in sorted(self._children.items()):
             cumulative, running = [], 0
             for bound, count in zip((*self.bounds, float("inf")), child.buckets):

@@ -75,8 +75,14 @@ def cluster_routes(gossip: "GossipAgent | None", api_keys: ApiKeyStore,
 
 def leader_from_gossip(gossip: "GossipAgent | None") -> LeaderInfo | None:
     """The live coordinator announcing the highest leader epoch in its gossip metadata."""
+    return leader_among(gossip.members_raw() if gossip else ())
+
+
+def leader_among(members) -> LeaderInfo | None:
+    """Of these gossip members, the live coordinator announcing the highest leader epoch (two may
+    both claim it for a moment around a failover: the higher epoch is the real one)."""
     best: LeaderInfo | None = None
-    for member in gossip.members_raw() if gossip else ():
+    for member in members:
         epoch = int(member.meta.get("leader_epoch", 0) or 0)
         address = member.meta.get("addr", {}).get("coordinator")
         if epoch and address and str(member.state) == "alive" and (best is None or epoch > best.epoch):

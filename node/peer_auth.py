@@ -24,10 +24,14 @@ _LABEL = b"cynode grpc peer auth v1"
 
 class PeerAuth:
     def __init__(self, keys: tuple[bytes, ...], clock: Callable[[], float] = time.time) -> None:
+        self.replace_keys(keys)
+        self._clock = clock
+
+    def replace_keys(self, keys: tuple[bytes, ...]) -> None:
+        """Sign and verify with a new keyring from the next call on (SIGHUP reloads the key file)."""
         if not keys:
             raise ValueError("PeerAuth needs at least one key")
         self._signing = [hmac.new(k, _LABEL, hashlib.sha256).digest() for k in keys]
-        self._clock = clock
 
     def sign(self, method: str) -> str:
         stamp = str(int(self._clock() * 1000))

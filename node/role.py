@@ -18,6 +18,7 @@ from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     import grpc.aio
+    from aiohttp import web
 
     from .api_keys import ApiKeyStore
     from .gossip_agent import GossipAgent
@@ -40,6 +41,9 @@ class RoleContext:
     # Addresses of services this same node runs, for roles that would otherwise need gossip
     # to find them (e.g. the coordinator's view of the local worker). Filled by the daemon.
     local_services: dict[str, str] = field(default_factory=dict)
+    # Operator routes every HTTP port of the node serves (status page, Prometheus discovery); the
+    # gateway adds them to its app. Filled by the daemon.
+    http_routes: "list[web.RouteDef]" = field(default_factory=list)
 
     def channel(self, address: str) -> "grpc.aio.Channel":
         """A channel to a peer's service: in-process when this node serves it, else authenticated gRPC."""

@@ -11,8 +11,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .fast_metrics import FastCounter, FastHistogram
 
-# Latency buckets from 5 ms to 2 min: covers time to first token on a CPU and full completions.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+# Request-level latencies (time to first token, whole completions, queue wait), 5 ms to 10 min: a
+# cache hit answers in milliseconds, a long completion on a CPU takes minutes, and a queued request
+# waits for whole completions ahead of it. Roughly ×2 steps, so P50/P95/P99 interpolate within ~2×.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+# Token-level latencies (between two tokens of one stream), 1 ms to 5 s: a GPU decodes a token in a
+# few ms, a busy CPU batch in a few hundred.
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Telemetry:

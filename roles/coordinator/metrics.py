@@ -9,6 +9,10 @@ from cynode.telemetry import Telemetry
 from prometheus_client import Gauge
 
 
+# The `status` label of coordinator_inference_requests_total, as the service counts them.
+REQUEST_STATUSES = ("assigned", "cache_hit", "queue_full", "model_not_found", "completed", "failed")
+
+
 @dataclass
 class CoordinatorMetrics:
     requests: FastCounter
@@ -22,6 +26,15 @@ class CoordinatorMetrics:
 
     @classmethod
     def register(cls, telemetry: Telemetry) -> "CoordinatorMetrics":
+        metrics = cls._create(telemetry)
+        # Every outcome exported from the start, at 0: a standby shows the same names as the leader,
+        # and rate() sees the first request instead of a series appearing out of nothing.
+        for status in REQUEST_STATUSES:
+            metrics.requests.labels(status)
+        return metrics
+
+    @classmethod
+    def _create(cls, telemetry: Telemetry) -> "CoordinatorMetrics":
         return cls(
             requests=telemetry.counter("coordinator_inference_requests", "Inference requests by outcome", ("status",)),
             tokens=telemetry.counter("coordinator_completion_tokens", "Completion tokens reported by gateways"),

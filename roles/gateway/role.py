@@ -37,7 +37,8 @@ class GatewayRole(Role):
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority)
-        routes = node_routes(self._ctx.telemetry, self._ctx.readiness) + cluster_routes(self._ctx.gossip, keys, self._ctx.redis)
+        routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
+                  + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)
         # handler_cancellation: a client that disconnects cancels its handler at once, so a request
         # still waiting for its first token (or for a worker) is given up, not left to run.

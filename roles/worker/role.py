@@ -132,5 +132,7 @@ class WorkerRole(Role):
     def readiness(self) -> tuple[bool, str]:
         if self._manager is None:
             return False, "models not loaded yet"
-        return True, f"loaded: {', '.join(self._manager.loaded()) or 'none (models load on first use)'}"
+        loading = [entry["id"] for entry in self._manager.status() if entry["loading"]]
+        loaded = f"loaded: {', '.join(self._manager.loaded()) or 'none (models load on first use)'}"
+        return True, f"loading model {', '.join(loading)}; {loaded}" if loading else loaded
 

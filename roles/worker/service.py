@@ -13,7 +13,7 @@ import time
 
 from cynode.engines.base import GenerationRequest
 from cynode.engines.memory_manager import MemoryManager
-from cynode.errors import FencedError, RequestError
+from cynode.errors import EngineError, FencedError, RequestError
 from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
 from cynode.rpc.convert import messages_from_pb, sampling_from_pb
 
@@ -42,7 +42,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         last = None
         tokens = 0
         model = request.model
-        ttft = inter_token = None
+        outcome, prompt_tokens = "cancelled", 0  # stays "cancelled" when the caller goes away mid-stream
         try:
             async with self._manager.use(request.model) as (engine, spec):
                 model = spec.id
@@ -75,6 +75,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         if delta.finish_reason:
                             pending.finish_reason = delta.finish_reason
                         if delta.usage is not None:
+                            prompt_tokens = delta.usage.prompt_tokens
                             # A resumed request's earlier tokens are part of the answer, not of the prompt.
                             resumed = min(request.resume_tokens, delta.usage.prompt_tokens)
                             pending.usage.prompt_tokens = delta.usage.prompt_tokens - resumed
@@ -84,9 +85,17 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                             pending, flushed = None, now
                 if pending is not None:
                     yield pending
+            outcome = "ok"
+        except RequestError:
+            outcome = "rejected"
+            raise
+        except EngineError:
+            outcome = "error"
+            raise
         finally:
             elapsed = time.monotonic() - started
             self._metrics.latency.labels(model).observe(elapsed)
+            self._metrics.record_request(model, outcome, prompt_tokens)
             if tokens:
                 self._metrics.tokens.labels(model).inc(tokens)
                 if elapsed > 0:

@@ -1,5 +1,6 @@
 import pytest
 
+import binary_build
 from daemon_harness import CynodeProcess
 
 
@@ -10,3 +11,9 @@ def node(tmp_path_factory, redis_server, builtin_model_dir, models_dir):
     yield proc
     code = proc.terminate()
     assert code == 0, f"cynode exited with {code} on SIGTERM:\n{proc.log()}"
+
+
+@pytest.fixture(scope="session")
+def cynode_binary():
+    """dist/cynode built from these sources (once per session; reused while up to date)."""
+    return binary_build.build("binary")

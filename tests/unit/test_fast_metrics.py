@@ -38,3 +38,11 @@ def test_a_counter_never_goes_down():
     counter.inc(5)
     with pytest.raises(ValueError):
         counter.inc(-1)
+
+
+def test_a_registry_restricted_by_name_still_finds_them():
+    telemetry = Telemetry("n1")
+    telemetry.counter("demo_tokens", "Tokens", ("model",)).labels("m").inc(3)
+    restricted = telemetry.registry.restricted_registry(["demo_tokens_total"])
+    samples = [s for family in restricted.collect() for s in family.samples]
+    assert [(s.name, s.value) for s in samples] == [("demo_tokens_total", 3.0)]

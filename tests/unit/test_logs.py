@@ -35,3 +35,31 @@ def test_text_logs_name_the_node(capsys):
     logging.getLogger("cynode.test").info("ready")
     out = capsys.readouterr().out
     assert "[edge-01] cynode.test: ready" in out
+
+
+def test_under_journald_lines_carry_a_priority_and_no_timestamp(capsys):
+    setup_logging("text", "info", "edge-01", journal=True)
+    log = logging.getLogger("cynode.test")
+    log.info("ready")
+    log.warning("slow worker")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("reload failed")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "<6>[edge-01] cynode.test: ready"
+    assert lines[1] == "<4>[edge-01] cynode.test: slow worker"
+    assert lines[2] == "<3>[edge-01] cynode.test: reload failed"
+    assert len(lines) > 4 and all(line.startswith("<3>") for line in lines[2:])  # the traceback too
+
+
+def test_journald_is_recognised_by_the_stream_systemd_names(tmp_path):
+    import os
+
+    from cynode.logs import under_journald
+
+    with open(tmp_path / "journal", "w") as stream:
+        info = os.fstat(stream.fileno())
+        assert under_journald({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}, stream)
+        assert not under_journald({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"}, stream)  # stdout redirected elsewhere
+        assert not under_journald({}, stream)
