@@ -16,10 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+import pytest
 import tomli_w
 
+import binary_build
 from daemon_harness import free_port
 from notify_socket import NotifySocket
+
+# The first test of the session builds the binary in its setup (minutes on 2 cores): its limit covers that.
+pytestmark = pytest.mark.timeout(binary_build.BUILD_TIMEOUT_S + 300)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
+import binary_build
 from binary_build import REPO
+
+# The binary may be built in this module's setup (minutes on 2 cores): the limit covers that.
+pytestmark = pytest.mark.timeout(binary_build.BUILD_TIMEOUT_S + 600)
 
 PACKAGING = REPO / "packaging"
 
