@@ -38,6 +38,11 @@ class SteppedClock:
         heapq.heappush(self._sleepers, (self.time + seconds, self._count, future))
         await future
 
+    @property
+    def sleeping(self) -> int:
+        """How many sleepers wait for `advance`: a stream is due a token only once it sleeps here."""
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
     def advance(self, seconds: float) -> None:
         import heapq
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiohttp import web
@@ -18,6 +19,9 @@ from .state import GatewayMetrics, GatewayState
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+CUT_GRACE_S = 1.0  # for requests cut at the drain deadline to run their clean-up
+REPORT_GRACE_S = 5.0  # for the completions and cancellations the coordinator must hear of
 
 
 class GatewayRole(Role):
@@ -69,7 +73,12 @@ class GatewayRole(Role):
                 await in_flight.idle.wait()
         except TimeoutError:
             log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
-        await self._state.upstream.reports.wait(timeout=5.0)  # completions the coordinator must hear of
+            # Cut them now, while the coordinator still serves: each one's Cancel must reach it.
+            in_flight.cut()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CUT_GRACE_S):
+                    await in_flight.idle.wait()
+        await self._state.upstream.reports.wait(timeout=REPORT_GRACE_S)  # completions the coordinator must hear of
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -38,10 +38,11 @@ class GatewayMetrics:
 
 @dataclass
 class InFlight:
-    """Counts requests being served, so a drain can wait for them."""
+    """The requests being served, so a drain can wait for them and cut the rest at its deadline."""
 
     count: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -49,11 +50,21 @@ class InFlight:
     def enter(self) -> None:
         self.count += 1
         self.idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
 
     def leave(self) -> None:
         self.count -= 1
+        self.tasks.discard(asyncio.current_task())
         if self.count == 0:
             self.idle.set()
+
+    def cut(self) -> int:
+        """Cancel every request still being served (each one's clean-up reports it ended)."""
+        for task in self.tasks:
+            task.cancel()
+        return len(self.tasks)
 
 
 @dataclass

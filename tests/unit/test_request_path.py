@@ -61,7 +61,9 @@ async def test_a_worker_that_dies_before_the_first_token_is_retried_on_another(g
     completion = path.completion("retry me", max_tokens=6, idempotency_key="k-retry")
     pieces = completion.deltas()
     first = asyncio.ensure_future(anext(pieces))
-    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()), what="a running stream")
+    # Running and asleep until its next token: an advance before the engine reads the clock would be lost.
+    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()) and path.clock.sleeping,
+                     what="a running stream waiting for its next token")
     dead = path.streaming_worker()
     await path.kill(dead)  # no token is out yet: the sim's first token is 0.1 s of stepped time away
     path.clock.run_free()
@@ -83,7 +85,9 @@ async def test_a_worker_that_dies_mid_stream_is_migrated_and_the_text_is_unbroke
             received.append(piece)
 
     consumer = asyncio.ensure_future(consume())
-    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()), what="a running stream")
+    # Running and asleep until its next token: an advance before the engine reads the clock would be lost.
+    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()) and path.clock.sleeping,
+                     what="a running stream waiting for its next token")
     dead = path.streaming_worker()
     for count in (1, 2, 3):  # three tokens out, one at a time
         path.clock.advance(0.1)
@@ -176,7 +180,9 @@ async def test_a_client_that_goes_away_cancels_its_task_once_and_frees_the_slot(
     completion = path.completion("leave early", max_tokens=10, idempotency_key="k-gone")
     pieces = completion.deltas()
     first = asyncio.ensure_future(anext(pieces))
-    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()), what="a running stream")
+    # Running and asleep until its next token: an advance before the engine reads the clock would be lost.
+    await wait_until(lambda: any(w.engine.active_requests for w in path.workers.values()) and path.clock.sleeping,
+                     what="a running stream waiting for its next token")
     worker = path.streaming_worker()
     path.clock.advance(0.1)
     await first
