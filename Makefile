@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos docs clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -65,6 +65,10 @@ protos: install
 
 check-protos: install
 	$(BIN)/python tools/gen_protos.py --check
+
+# docs/configuration.md from the config model (`cynode config explain`); a unit test fails when it is stale.
+docs: install
+	$(BIN)/python tools/gen_config_doc.py
 
 # The single binary (PyInstaller, packaging/cynode.spec) from this venv, with every engine installed in
 # it; binary-slim leaves torch and the model engines out (gateway, coordinator, sim worker). Never part
