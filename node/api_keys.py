@@ -22,11 +22,13 @@ from typing import Any
 
 from cynode.errors import AuthError, ConfigError
 
-__all__ = ["SCOPES", "ApiKey", "ApiKeyStore", "ensure_api_keys_file", "generate_key", "key_digest", "require"]
+__all__ = ["LIMIT_FIELDS", "SCOPES", "ApiKey", "ApiKeyStore", "ensure_api_keys_file", "generate_key", "key_digest", "require"]
 
 SCOPES = ("inference", "training", "admin")
 KEY_PREFIX = "sk-cynode-"
-_FIELDS = ("name", "key", "sha256", "scopes", "models", "requests_per_minute", "tokens_per_minute", "priority")
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests", "tokens_per_day",
+                "tokens_per_month")
+_FIELDS = ("name", "key", "sha256", "scopes", "models", *LIMIT_FIELDS, "priority")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -39,9 +41,12 @@ _HEADER = """\
 #   sha256 = "<hex>"     instead of key: its SHA-256, e.g. printf %s "$KEY" | sha256sum
 #   scopes               any of "inference", "training", "admin" (default ["inference"])
 #   models               glob patterns of the model ids the key may use (default ["*"])
-#   requests_per_minute  optional limit
-#   tokens_per_minute    optional limit
-#   priority             queue priority of this key's requests (default 0)
+#   requests_per_minute  optional limit, held by all gateways together (through Redis)
+#   tokens_per_minute    optional limit (prompt + completion tokens)
+#   max_concurrent_requests  optional limit on requests in flight at once
+#   tokens_per_day       optional budget, per UTC day
+#   tokens_per_month     optional budget, per UTC calendar month
+#   priority             queue priority of this key's requests (default: [coordinator.task_queue] default_priority)
 """
 
 
@@ -54,7 +59,15 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
-    priority: int = 0
+    max_concurrent_requests: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    priority: int | None = None
+    """None: the queue's default priority."""
+
+    @property
+    def has_limits(self) -> bool:
+        return any(getattr(self, f) is not None for f in LIMIT_FIELDS)
 
     def allows_model(self, model: str) -> bool:
         if self.models == ("*",):  # the common case, on every request: no pattern matching
@@ -226,11 +239,11 @@ def _parse_entry(table: dict[str, Any], where: str, problems: list[str]) -> tupl
     if "scopes" in table and not scopes:
         problems.append(f"{where}.scopes: empty, so the key could do nothing (expected any of {', '.join(SCOPES)})")
     models = _strings(table, "models", ["*"], where, problems)
-    limits = {f: _integer(table, f, where, problems, low=1) for f in ("requests_per_minute", "tokens_per_minute")}
+    limits = {f: _integer(table, f, where, problems, low=1) for f in LIMIT_FIELDS}
     priority = _integer(table, "priority", where, problems)
     if len(problems) > before:
         return None
-    api_key = ApiKey(name=name, scopes=frozenset(scopes), models=tuple(models), priority=priority or 0, **limits)
+    api_key = ApiKey(name=name, scopes=frozenset(scopes), models=tuple(models), priority=priority, **limits)
     return digest, api_key
 
 

@@ -12,6 +12,7 @@ from cynode.rpc import coordinator_pb2
 
 from . import openai_format as fmt
 from .completion import Completion
+from .limits import estimate_tokens
 from .openai_schema import parse_chat_request
 from .state import GatewayState
 
@@ -26,10 +27,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(await state.read_body(request))
     state.authorize_model(key, chat.model)
     request_id = fmt.completion_id()
+    admission = await state.admit(request, key, request_id, estimate_tokens(
+        sum(len(m.content) for m in chat.messages), chat.sampling.max_tokens))
     completion = Completion(
         state.upstream, model=chat.model, messages=chat.messages, sampling=chat.sampling, request_id=request_id,
         idempotency_key=request.headers.get("Idempotency-Key") or request_id,
-        priority=key.priority if key.priority else state.default_priority, key_name=key.name,
+        priority=state.priority(key), key_name=key.name,
         cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
         timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1, stream=chat.stream,
     )
@@ -53,6 +56,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         await pieces.aclose()
         state.record(outcome, completion.completion_tokens)
+        if admission is not None:
+            admission.settle(completion.prompt_tokens, completion.completion_tokens)
 
 
 def _cache_mode(header: str) -> int:

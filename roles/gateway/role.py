@@ -14,6 +14,7 @@ from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
 
 from .app import build_app
+from .limits import Limiter
 from .state import GatewayMetrics, GatewayState
 from .upstream import Upstream
 
@@ -35,8 +36,10 @@ class GatewayRole(Role):
     async def start(self) -> None:
         keys = self._ctx.api_keys
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
+        limits = await self._limiter(keys)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
-                                   default_priority=self._ctx.config.coordinator.task_queue.default_priority)
+                                   default_priority=self._ctx.config.coordinator.task_queue.default_priority,
+                                   limits=limits)
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)
@@ -54,6 +57,18 @@ class GatewayRole(Role):
         self._tasks.spawn(upstream.leases.run(), "lease keeper")
         log.info("gateway listening on http://%s", self._config.listen)
 
+    async def _limiter(self, keys) -> Limiter | None:
+        """Per-key limits and usage need Redis, shared by every gateway; a limit that could not be
+        enforced stops start-up instead of being ignored."""
+        if self._ctx.redis is None:
+            limited = [k.name for k in keys.keys if k.has_limits]
+            if limited:
+                raise StartupError(f"API key(s) {', '.join(limited)} set limits, which need Redis; this gateway has none")
+            return None
+        limiter = Limiter(self._ctx.redis, request_timeout=self._config.request_timeout)
+        await limiter.check()
+        return limiter
+
     async def drain(self, timeout: float) -> None:
         if self._site is None or self._state is None:
             return
@@ -70,6 +85,8 @@ class GatewayRole(Role):
         except TimeoutError:
             log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
         await self._state.upstream.reports.wait(timeout=5.0)  # completions the coordinator must hear of
+        if self._state.limits is not None:
+            await self._state.limits.wait(timeout=5.0)  # usage and in-flight slots to settle
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -77,6 +94,8 @@ class GatewayRole(Role):
         await self._tasks.close()
         if self._state is not None:
             await self._state.upstream.close()
+            if self._state.limits is not None:
+                await self._state.limits.close()
 
     def readiness(self) -> tuple[bool, str]:
         if self._draining:

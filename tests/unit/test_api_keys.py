@@ -64,7 +64,7 @@ def test_a_valid_file_loads_every_field(store: ApiKeyStore):
     assert ops == ApiKey(name="ops", scopes=frozenset({"inference", "training", "admin"}), models=("*",),
                          requests_per_minute=600, tokens_per_minute=200000, priority=5)
     assert reader == ApiKey(name="reader", scopes=frozenset({"inference"}), models=("smollm2*", "qwen-?b"),
-                            requests_per_minute=None, tokens_per_minute=None, priority=0)
+                            requests_per_minute=None, tokens_per_minute=None, priority=None)
 
 
 def test_clear_keys_are_not_kept_in_memory(store: ApiKeyStore):
