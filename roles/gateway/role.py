@@ -14,6 +14,9 @@ from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
 
 from .app import build_app
+from .auth import Identities
+from .jwt_auth import JwtVerifier
+from .keys_store import RuntimeKeys
 from .limits import Limiter
 from .state import GatewayMetrics, GatewayState
 from .upstream import Upstream
@@ -40,6 +43,9 @@ class GatewayRole(Role):
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority,
                                    limits=limits)
+        if self._ctx.redis is not None:
+            self._state.runtime_keys = RuntimeKeys(self._ctx.redis)
+        self._state.identities = Identities(keys, self._state.runtime_keys, JwtVerifier.from_config(self._config))
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)

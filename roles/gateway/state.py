@@ -9,14 +9,16 @@ from aiohttp import web
 
 from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
-from cynode.errors import RateLimitError, RequestError
+from cynode.errors import AuthError, RateLimitError, RequestError
 from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
 
+from .auth import IDENTITY, Identities
+from .keys_store import RuntimeKeys
 from .limits import Admission, Limiter
 from .upstream import Upstream
 
-LIMIT_HEADERS = "cynode.ratelimit_headers"  # request slot: x-ratelimit-* headers for the answer
+LIMIT_HEADERS = web.RequestKey("cynode_ratelimit_headers", dict)  # x-ratelimit-* headers for the answer
 
 
 @dataclass
@@ -67,10 +69,21 @@ class GatewayState:
     metrics: GatewayMetrics
     default_priority: int = 0
     limits: Limiter | None = None
+    identities: Identities | None = None
+    runtime_keys: RuntimeKeys | None = None
     in_flight: InFlight = field(default_factory=InFlight)
 
+    def __post_init__(self) -> None:
+        if self.identities is None:
+            self.identities = Identities(self.keys)
+
     def authenticate(self, request: web.Request, scope: str) -> ApiKey:
-        key = self.keys.authenticate(request.headers.get("Authorization"))
+        """The caller's key (resolved by the `identify` middleware) if it holds `scope`; else AuthError."""
+        key = request.get(IDENTITY)
+        if key is None:  # no Authorization header (or no middleware): the file keys decide
+            key = self.keys.authenticate(request.headers.get("Authorization"))
+        elif isinstance(key, AuthError):
+            raise key
         require(key, scope)
         return key
 
