@@ -109,6 +109,8 @@ class GatewaySection(Section):
     """Largest request body accepted."""
     request_timeout: Duration = 600.0
     """Longest a single completion may take end to end."""
+    forward: bool = True
+    """On a node without the gateway role: answer on `listen` by forwarding /v1/* to a gateway peer found through gossip."""
     jwt_secret_file: LocalPath | None = None
     """File holding the HS256 secret (32+ bytes) JWT bearer tokens may be signed with; default: no HS256."""
     jwt_public_key_file: LocalPath | None = None
