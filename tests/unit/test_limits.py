@@ -134,3 +134,18 @@ def test_estimates_and_reset_durations():
     assert estimate_tokens(400, 50) == 151
     assert estimate_tokens(0, None) == 1 + UNBOUNDED_COMPLETION_ESTIMATE
     assert [format_reset(ms) for ms in (0, 850, 1500, 12_400, 90_000)] == ["0ms", "850ms", "1.5s", "12s", "1m30s"]
+
+
+async def test_a_gateway_without_redis_refuses_to_start_with_keys_that_set_limits(tmp_path):
+    from cynode.api_keys import ApiKeyStore
+    from cynode.config.sections import NodeConfig
+    from cynode.errors import StartupError
+    from cynode.peer_auth import PeerAuth
+    from cynode.role import RoleContext
+    from cynode.roles.gateway.role import GatewayRole
+    from cynode.telemetry import Telemetry
+
+    keys = ApiKeyStore.from_keys([("sk-a", ApiKey("free")), ("sk-b", ApiKey("metered", tokens_per_day=10))])
+    ctx = RoleContext(config=NodeConfig(), telemetry=Telemetry("t"), peer_auth=PeerAuth((b"k" * 32,)), api_keys=keys)
+    with pytest.raises(StartupError, match="metered"):
+        await GatewayRole(ctx).start()
