@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from cynode.api_keys import LIMIT_FIELDS, SCOPES, ApiKey, generate_key
-from cynode.errors import RequestError
+from cynode.errors import RequestError, UnavailableError
 from cynode.redis_conn import RedisConnection, translate_errors
 
 __all__ = ["CACHE_S", "KeyRecord", "RuntimeKeys", "parse_key_spec"]
@@ -140,8 +140,13 @@ class RuntimeKeys:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < CACHE_S:
             return cached[1]
-        with translate_errors("looking up an API key"):
-            raw = await self._redis.client.get(self._record_key(digest))
+        try:
+            with translate_errors("looking up an API key"):
+                raw = await self._redis.client.get(self._record_key(digest))
+        except UnavailableError:
+            if cached is not None:  # Redis is away: a key known a moment ago stays known
+                return cached[1]
+            raise
         found = None
         if raw is not None:
             record = KeyRecord(**orjson.loads(raw))

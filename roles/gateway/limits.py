@@ -188,8 +188,19 @@ def format_reset(ms: float) -> str:
     return f"{minutes}m{rest}s"
 
 
+_calendar_cache: tuple[int, tuple[str, str, int, int]] = (-1, ("", "", 0, 0))
+
+
 def _calendar(now: float) -> tuple[str, str, int, int]:
-    """UTC day and month names, and whole seconds to the end of each."""
+    """UTC day and month names, and whole seconds to the end of each (worked out once a second)."""
+    global _calendar_cache
+    second = int(now)
+    if _calendar_cache[0] != second:
+        _calendar_cache = (second, _work_out_calendar(second))
+    return _calendar_cache[1]
+
+
+def _work_out_calendar(now: int) -> tuple[str, str, int, int]:
     t = time.gmtime(now)
     day_left = 86400 - (t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec)
     year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
@@ -230,6 +241,7 @@ class Limiter:
         self._batch = ScriptBatcher(client)
         self._tasks = BackgroundTasks("gateway-usage")
         self._lifetime_ms = int((request_timeout + 30) * 1000)
+        self._lost, self._lost_said = 0, -60.0
 
     async def check(self) -> None:
         """Load the scripts now: a Redis that cannot run them is found at start-up, not on a request."""
@@ -293,8 +305,13 @@ class Limiter:
         try:
             await self._batch.run(self._settle, args)
         except (redis.exceptions.RedisError, UnavailableError, OSError) as exc:
-            # The in-flight slot lapses on its own; the usage of this one request is lost.
-            log.warning("usage of API key %r not recorded: %s", name, exc)
+            # The in-flight slot lapses on its own; the usage of this one request is lost. Said
+            # once a minute at most: with Redis away every request would say it.
+            self._lost += 1
+            now = time.monotonic()
+            if now - self._lost_said >= 60:
+                log.warning("usage of %d request(s) not recorded (API key %r and others): %s", self._lost, name, exc)
+                self._lost, self._lost_said = 0, now
 
     async def wait(self, timeout: float = 5.0) -> None:
         """Every settle sent so far has been answered (for a drain, and for tests)."""
