@@ -109,6 +109,8 @@ class GatewaySection(Section):
     """Largest request body accepted."""
     request_timeout: Duration = 600.0
     """Longest a single completion may take end to end."""
+    degraded_after: Duration = 5.0
+    """With no coordinator leader (or no Redis) for this long, serve new requests straight from a worker found through gossip, uncached and unqueued ("0s": never)."""
     forward: bool = True
     """On a node without the gateway role: answer on `listen` by forwarding /v1/* to a gateway peer found through gossip."""
     jwt_secret_file: LocalPath | None = None

@@ -12,6 +12,7 @@ from cynode.rpc import coordinator_pb2
 
 from . import openai_format as fmt
 from .completion import Completion
+from .degraded import DEGRADED_HEADER
 from .limits import estimate_tokens
 from .openai_schema import parse_chat_request
 from .state import GatewayState
@@ -35,6 +36,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         priority=state.priority(key), key_name=key.name,
         cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
         timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1, stream=chat.stream,
+        degraded=state.degraded,
     )
     started = time.monotonic()
     pieces = completion.deltas()
@@ -72,7 +74,10 @@ def _cache_mode(header: str) -> int:
 
 
 def _headers(completion: Completion) -> dict[str, str]:
-    return {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
+    headers = {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
+    if completion.degraded:
+        headers[DEGRADED_HEADER] = "true"
+    return headers
 
 
 async def _stream(request, completion: Completion, include_usage: bool, first, pieces) -> tuple[web.StreamResponse, bool]:

@@ -15,6 +15,7 @@ from cynode.tasks import BackgroundTasks
 
 from .app import build_app
 from .auth import Identities
+from .degraded import Degraded
 from .jwt_auth import JwtVerifier
 from .keys_store import RuntimeKeys
 from .limits import Limiter
@@ -46,6 +47,10 @@ class GatewayRole(Role):
         if self._ctx.redis is not None:
             self._state.runtime_keys = RuntimeKeys(self._ctx.redis)
         self._state.identities = Identities(keys, self._state.runtime_keys, JwtVerifier.from_config(self._config))
+        if self._ctx.redis is not None and self._ctx.gossip is not None and self._config.degraded_after > 0 \
+                and not self._config.coordinator:
+            self._state.degraded = Degraded(self._ctx.redis, self._ctx.gossip.members_raw,
+                                            after=self._config.degraded_after)
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)
@@ -61,6 +66,8 @@ class GatewayRole(Role):
         except OSError as exc:
             raise StartupError(f"[gateway] listen {self._config.listen!r}: {exc.strerror or exc}") from exc
         self._tasks.spawn(upstream.leases.run(), "lease keeper")
+        if self._state.degraded is not None:
+            self._tasks.spawn(self._state.degraded.run(), "degraded-mode probe")
         log.info("gateway listening on http://%s", self._config.listen)
 
     async def _limiter(self, keys) -> Limiter | None:

@@ -14,6 +14,7 @@ from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
 
 from .auth import IDENTITY, Identities
+from .degraded import Degraded
 from .keys_store import RuntimeKeys
 from .limits import Admission, Limiter
 from .upstream import Upstream
@@ -71,6 +72,7 @@ class GatewayState:
     limits: Limiter | None = None
     identities: Identities | None = None
     runtime_keys: RuntimeKeys | None = None
+    degraded: Degraded | None = None
     in_flight: InFlight = field(default_factory=InFlight)
 
     def __post_init__(self) -> None:
