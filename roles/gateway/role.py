@@ -99,7 +99,7 @@ class GatewayRole(Role):
             log.warning("drain timeout: cutting off %d request(s)", in_flight.count)
         await self._state.upstream.reports.wait(timeout=5.0)  # completions the coordinator must hear of
         if self._state.limits is not None:
-            await self._state.limits.wait(timeout=5.0)  # usage and in-flight slots to settle
+            await self._state.limits.wait(timeout=1.0)  # usage and in-flight slots to settle (milliseconds)
 
     async def stop(self) -> None:
         if self._runner is not None:
