@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos docs clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos docs clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -40,6 +40,9 @@ bench: install
 
 bench-overhead: install
 	$(BIN)/python tests/bench/bench_overhead.py
+
+bench-limits: install
+	$(BIN)/python tests/bench/bench_limits.py
 
 bench-coordinator: install
 	$(BIN)/python tests/bench/bench_coordinator.py

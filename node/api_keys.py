@@ -8,11 +8,13 @@ time taken does not tell an attacker which key, or how much of one, matched.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import time
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,11 +24,14 @@ from typing import Any
 
 from cynode.errors import AuthError, ConfigError
 
-__all__ = ["SCOPES", "ApiKey", "ApiKeyStore", "ensure_api_keys_file", "generate_key", "key_digest", "require"]
+__all__ = ["LIMIT_FIELDS", "SCOPES", "ApiKey", "ApiKeyStore", "bearer_token", "check_expiry", "ensure_api_keys_file",
+           "generate_key", "key_digest", "require", "unknown_key"]
 
 SCOPES = ("inference", "training", "admin")
 KEY_PREFIX = "sk-cynode-"
-_FIELDS = ("name", "key", "sha256", "scopes", "models", "requests_per_minute", "tokens_per_minute", "priority")
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent_requests", "tokens_per_day",
+                "tokens_per_month")
+_FIELDS = ("name", "key", "sha256", "scopes", "models", *LIMIT_FIELDS, "priority", "expires")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -39,9 +44,13 @@ _HEADER = """\
 #   sha256 = "<hex>"     instead of key: its SHA-256, e.g. printf %s "$KEY" | sha256sum
 #   scopes               any of "inference", "training", "admin" (default ["inference"])
 #   models               glob patterns of the model ids the key may use (default ["*"])
-#   requests_per_minute  optional limit
-#   tokens_per_minute    optional limit
-#   priority             queue priority of this key's requests (default 0)
+#   requests_per_minute  optional limit, held by all gateways together (through Redis)
+#   tokens_per_minute    optional limit (prompt + completion tokens)
+#   max_concurrent_requests  optional limit on requests in flight at once
+#   tokens_per_day       optional budget, per UTC day
+#   tokens_per_month     optional budget, per UTC calendar month
+#   expires              optional TOML date-time (2027-01-31T00:00:00Z) after which the key is refused
+#   priority             queue priority of this key's requests (default: [coordinator.task_queue] default_priority)
 """
 
 
@@ -54,7 +63,19 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
-    priority: int = 0
+    max_concurrent_requests: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    priority: int | None = None
+    """None: the queue's default priority."""
+    expires_at: float | None = None
+    """Unix time after which the key is refused; None: never."""
+    source: str = "file"
+    """Where the key comes from: file, redis (made at run time) or jwt."""
+
+    @property
+    def has_limits(self) -> bool:
+        return any(getattr(self, f) is not None for f in LIMIT_FIELDS)
 
     def allows_model(self, model: str) -> bool:
         if self.models == ("*",):  # the common case, on every request: no pattern matching
@@ -130,24 +151,47 @@ class ApiKeyStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key named by an `Authorization: Bearer <key>` header; raises AuthError (401)."""
-        scheme, token = ((authorization or "").split(None, 1) + ["", ""])[:2]
-        token = token.strip()
-        if not scheme or (scheme.lower() == "bearer" and not token):
-            raise AuthError(_MISSING_KEY, status=401, code="missing_api_key")
-        if scheme.lower() != "bearer":
-            raise AuthError(f"The Authorization header must use Bearer auth (Authorization: Bearer YOUR_KEY); "
-                            f"got the {scheme[:20]!r} scheme.", status=401, code="invalid_authorization_header")
+    def find(self, token: str) -> ApiKey | None:
+        """The key whose digest matches `token`, or None; the same work whichever matches."""
         presented = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         found = None
         for digest, api_key in self._entries:  # no early exit: every request costs the same
             if hmac.compare_digest(presented, digest) and found is None:
                 found = api_key
-        if found is None:
-            raise AuthError(f"Incorrect API key provided: {_mask(token)}. Check the key, or ask the cluster "
-                            "operator for one.", status=401, code="invalid_api_key")
         return found
+
+    def authenticate(self, authorization: str | None) -> ApiKey:
+        """The key named by an `Authorization: Bearer <key>` header; raises AuthError (401)."""
+        token = bearer_token(authorization)
+        found = self.find(token)
+        if found is None:
+            raise unknown_key(token)
+        check_expiry(found)
+        return found
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header; AuthError (401) for none or another scheme."""
+    scheme, token = ((authorization or "").split(None, 1) + ["", ""])[:2]
+    token = token.strip()
+    if not scheme or (scheme.lower() == "bearer" and not token):
+        raise AuthError(_MISSING_KEY, status=401, code="missing_api_key")
+    if scheme.lower() != "bearer":
+        raise AuthError(f"The Authorization header must use Bearer auth (Authorization: Bearer YOUR_KEY); "
+                        f"got the {scheme[:20]!r} scheme.", status=401, code="invalid_authorization_header")
+    return token
+
+
+def unknown_key(token: str) -> AuthError:
+    return AuthError(f"Incorrect API key provided: {_mask(token)}. Check the key, or ask the cluster "
+                     "operator for one.", status=401, code="invalid_api_key")
+
+
+def check_expiry(key: ApiKey, now: float | None = None) -> None:
+    """Refuse (401) a key past its expiry."""
+    if key.expires_at is not None and (time.time() if now is None else now) >= key.expires_at:
+        raise AuthError(f"The API key {key.name!r} has expired; ask the cluster operator for a new one.",
+                        status=401, code="expired_api_key")
 
 
 def require(key: ApiKey, scope: str, model: str | None = None) -> None:
@@ -226,11 +270,16 @@ def _parse_entry(table: dict[str, Any], where: str, problems: list[str]) -> tupl
     if "scopes" in table and not scopes:
         problems.append(f"{where}.scopes: empty, so the key could do nothing (expected any of {', '.join(SCOPES)})")
     models = _strings(table, "models", ["*"], where, problems)
-    limits = {f: _integer(table, f, where, problems, low=1) for f in ("requests_per_minute", "tokens_per_minute")}
+    limits = {f: _integer(table, f, where, problems, low=1) for f in LIMIT_FIELDS}
     priority = _integer(table, "priority", where, problems)
+    expires = table.get("expires")
+    if expires is not None and not (isinstance(expires, datetime.datetime) and expires.tzinfo is not None):
+        problems.append(f"{where}.expires: must be a TOML date-time with a time zone, e.g. 2027-01-31T00:00:00Z; "
+                        f"got {expires!r}")
     if len(problems) > before:
         return None
-    api_key = ApiKey(name=name, scopes=frozenset(scopes), models=tuple(models), priority=priority or 0, **limits)
+    api_key = ApiKey(name=name, scopes=frozenset(scopes), models=tuple(models), priority=priority,
+                     expires_at=expires.timestamp() if expires is not None else None, **limits)
     return digest, api_key
 
 

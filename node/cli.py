@@ -6,6 +6,7 @@
     cynode status [-c node.toml]      leader, queue and workers of the cluster
     cynode members [-c node.toml]     the gossip members this node sees
     cynode doctor [-c node.toml]      check this host before the first start; say what to fix
+    cynode keys ACTION                make, list, revoke API keys; read their usage (keys_cli.py)
     cynode keygen                     print a new cluster key
     cynode version                    version, commit and the engines this cynode carries
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check this host before the first start and say what to fix")
     doctor.add_argument("-c", "--config", type=Path, help="node.toml to check (default: built-in defaults)")
 
+    from .keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(commands)
     commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
     commands.add_parser("version", help="print the version, commit and engines")
     return parser
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cluster_view(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "keys":
+            from .keys_cli import run as run_keys
+
+            return run_keys(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 

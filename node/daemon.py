@@ -65,6 +65,7 @@ class Daemon:
         self._embedded: EmbeddedRedis | None = None
         self._redis: RedisConnection | None = None
         self._http: web.AppRunner | None = None
+        self._forwarder = None  # a node without the gateway role forwards /v1/* to a gateway peer
         self._gossip: GossipAgent | None = None
         self._local = LocalServices()
         self._tasks = BackgroundTasks("daemon")
@@ -169,6 +170,13 @@ class Daemon:
                 self._serving.add(name)
             except CynodeError as exc:
                 raise StartupError(f"role {name} failed to start: {exc.message}") from exc
+        if "gateway" not in roles and cfg.gateway.forward:
+            from cynode.roles.gateway.forward import Forwarder, gateway_peers
+
+            self._forwarder = Forwarder(cfg.node.id, cfg.gateway.listen,
+                                        lambda: gateway_peers(self._gossip.members_raw(), cfg.node.id),
+                                        max_body_bytes=cfg.gateway.max_body_bytes)
+            await self._forwarder.start()
 
     def _api_keys(self) -> ApiKeyStore:
         """Every node checks API keys (its /v1/cluster/* endpoints need an admin key)."""
@@ -221,6 +229,8 @@ class Daemon:
                 log.exception("stopping %s failed", role.name)
         await self._local.close()
         await self._tasks.close()
+        if self._forwarder is not None:
+            await self._forwarder.stop()
         if self._http is not None:
             await self._http.cleanup()
         if self._redis is not None:

@@ -97,6 +97,17 @@ class QueueFullError(CapacityError):
         self.depth = depth
 
 
+class RateLimitError(UnavailableError):
+    """An API key's limit is reached; `headers` are the `x-ratelimit-*` headers for the answer."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, headers: dict[str, str] | None = None, **fields) -> None:
+        super().__init__(message, retry_after=retry_after, **fields)
+        self.headers = headers or {}
+
+
 class FencedError(UnavailableError):
     """A write carried an epoch that is no longer current (or went to a standby): ask the leader again."""
 

@@ -42,8 +42,8 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 def response_for(exc: CynodeError) -> web.Response:
     """The HTTP answer to a cynode error: its status, code and param, and Retry-After when known."""
-    headers = None
+    headers = dict(getattr(exc, "headers", None) or {}) or None
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None or exc.status in (429, 503):
-        headers = {"Retry-After": str(max(1, round(retry_after or 1)))}
+        headers = {**(headers or {}), "Retry-After": str(max(1, round(retry_after or 1)))}
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=headers)

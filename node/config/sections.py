@@ -109,6 +109,22 @@ class GatewaySection(Section):
     """Largest request body accepted."""
     request_timeout: Duration = 600.0
     """Longest a single completion may take end to end."""
+    degraded_after: Duration = 5.0
+    """With no coordinator leader (or no Redis) for this long, serve new requests straight from a worker found through gossip, uncached and unqueued ("0s": never)."""
+    forward: bool = True
+    """On a node without the gateway role: answer on `listen` by forwarding /v1/* to a gateway peer found through gossip."""
+    jwt_secret_file: LocalPath | None = None
+    """File holding the HS256 secret (32+ bytes) JWT bearer tokens may be signed with; default: no HS256."""
+    jwt_public_key_file: LocalPath | None = None
+    """PEM RSA public key that RS256 JWT bearer tokens may be signed with; default: none."""
+    jwt_jwks_file: LocalPath | None = None
+    """JWKS file (JSON) of RS256 keys, picked by the token's kid; re-read when it changes (key rotation)."""
+    jwt_issuer: str = ""
+    """The iss claim every JWT must carry; default: not checked."""
+    jwt_audience: str = ""
+    """The aud claim every JWT must carry; default: not checked."""
+    jwt_leeway: Duration = 30.0
+    """Clock skew allowed when checking a JWT's exp and nbf."""
 
     @field_validator("coordinator")
     @classmethod

@@ -12,19 +12,23 @@ from cynode.openai_errors import error_response, response_for
 from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
+from .auth import identify
 from .chat import chat_completions
-from .state import GatewayState
+from .keys_api import admin_routes
+from .state import LIMIT_HEADERS, GatewayState
 
 log = logging.getLogger(__name__)
 
 
 def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=state.config.max_body_bytes)
+    app = web.Application(middlewares=[_errors_and_metrics, identify], client_max_size=state.config.max_body_bytes)
     app["state"] = state
+    app.on_response_prepare.append(_limit_headers)
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),
         web.get("/v1/models", list_models),
         web.get("/v1/cluster/status", cluster_status),
+        *admin_routes(),
         *node_routes,
     ])
     return app
@@ -58,6 +62,13 @@ async def cluster_status(request: web.Request) -> web.Response:
             for w in reply.workers
         ],
     })
+
+
+async def _limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The key's x-ratelimit-* headers on every answer that charged a limit (streams and 429s too)."""
+    headers = request.get(LIMIT_HEADERS)
+    if headers:
+        response.headers.update(headers)
 
 
 @web.middleware

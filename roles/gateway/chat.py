@@ -12,6 +12,8 @@ from cynode.rpc import coordinator_pb2
 
 from . import openai_format as fmt
 from .completion import Completion
+from .degraded import DEGRADED_HEADER
+from .limits import estimate_tokens
 from .openai_schema import parse_chat_request
 from .state import GatewayState
 
@@ -26,12 +28,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(await state.read_body(request))
     state.authorize_model(key, chat.model)
     request_id = fmt.completion_id()
+    admission = await state.admit(request, key, request_id, estimate_tokens(
+        sum(len(m.content) for m in chat.messages), chat.sampling.max_tokens))
     completion = Completion(
         state.upstream, model=chat.model, messages=chat.messages, sampling=chat.sampling, request_id=request_id,
         idempotency_key=request.headers.get("Idempotency-Key") or request_id,
-        priority=key.priority if key.priority else state.default_priority, key_name=key.name,
+        priority=state.priority(key), key_name=key.name,
         cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
         timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1, stream=chat.stream,
+        degraded=state.degraded,
     )
     started = time.monotonic()
     pieces = completion.deltas()
@@ -53,6 +58,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         await pieces.aclose()
         state.record(outcome, completion.completion_tokens)
+        if admission is not None:
+            admission.settle(completion.prompt_tokens, completion.completion_tokens)
 
 
 def _cache_mode(header: str) -> int:
@@ -67,7 +74,10 @@ def _cache_mode(header: str) -> int:
 
 
 def _headers(completion: Completion) -> dict[str, str]:
-    return {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
+    headers = {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
+    if completion.degraded:
+        headers[DEGRADED_HEADER] = "true"
+    return headers
 
 
 async def _stream(request, completion: Completion, include_usage: bool, first, pieces) -> tuple[web.StreamResponse, bool]:

@@ -31,6 +31,7 @@ from cynode.rpc.convert import messages_to_pb, sampling_to_pb
 from cynode.rpc.errors import rpc_errors
 from cynode.sampling import SamplingParams
 
+from .degraded import Degraded
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ COALESCE_MS = 50
 class Completion:
     def __init__(self, upstream: Upstream, *, model: str, messages: tuple[ChatMessage, ...], sampling: SamplingParams,
                  request_id: str, idempotency_key: str, priority: int, key_name: str, cache_mode: int,
-                 timeout: float, max_attempts: int, stream: bool = True) -> None:
+                 timeout: float, max_attempts: int, stream: bool = True, degraded: Degraded | None = None) -> None:
         """`stream`: the client reads the pieces as they come; when False (it reads the answer
         whole) the worker sends fewer, bigger pieces, which costs every hop less per token."""
         self._upstream = upstream
@@ -69,6 +70,8 @@ class Completion:
         self.completion_tokens = 0
         self.cached = False
         self.migrations = 0
+        self._degraded = degraded
+        self.degraded = False  # served without a coordinator (see degraded.py)
 
     @property
     def outcome(self) -> str:
@@ -79,6 +82,10 @@ class Completion:
 
     async def deltas(self):
         """Text pieces in order. Raises a CynodeError only before the first piece."""
+        if self._degraded is not None and self._degraded.active:
+            async for piece in self._degraded_deltas():
+                yield piece
+            return
         sent: list[str] = []
         sent_tokens = 0
         exclude: list[str] = []
@@ -91,6 +98,8 @@ class Completion:
                 return
             task_id, assignment = reply.task_id, reply.assignment
             self.model = assignment.model or self.model
+            if self._degraded is not None:
+                self._degraded.saw_epoch(assignment.epoch)
             call = self._upstream.worker(assignment.worker_address).Predict(
                 self._predict_request(assignment, sent, sent_tokens), timeout=self._remaining())
             self._upstream.leases.hold(task_id, assignment.lease_id, assignment.lease_deadline_ms)
@@ -138,6 +147,49 @@ class Completion:
                 self.migrations += 1
         raise UnavailableError(f"request {self.request_id} failed on every worker it was given", retry_after=2,
                                code="upstream_failed")
+
+    async def _degraded_deltas(self):
+        """No coordinator: straight to a worker from gossip, no cache, no queue, no lease; a worker
+        that fails before the first piece is replaced, one that fails after it is migrated."""
+        self.degraded = True
+        sent: list[str] = []
+        sent_tokens = 0
+        exclude: list[str] = []
+        for _ in range(self._max_attempts):
+            picked = self._degraded.pick(self.requested_model, exclude)
+            if picked is None:
+                break
+            worker_id, address = picked
+            assignment = coordinator_pb2.Assignment(model=self.requested_model, epoch=self._degraded.epoch)
+            call = self._upstream.worker(address).Predict(
+                self._predict_request(assignment, sent, sent_tokens), timeout=self._remaining())
+            try:
+                with rpc_errors(f"worker {worker_id}"):
+                    while (chunk := await call.read()) is not _EOF:
+                        if chunk.token_ids:
+                            sent_tokens += len(chunk.token_ids)
+                        if chunk.finish_reason:
+                            self.finish_reason = chunk.finish_reason
+                            self.prompt_tokens = chunk.usage.prompt_tokens
+                            self.completion_tokens = chunk.usage.completion_tokens
+                        if chunk.text:
+                            sent.append(chunk.text)
+                            yield chunk.text
+            except RequestError:
+                if not sent:
+                    raise
+            except CynodeError as exc:
+                log.warning("request %s (degraded): worker %s failed: %s", self.request_id, worker_id, exc.message)
+            except BaseException:
+                call.cancel()
+                raise
+            else:
+                return
+            exclude.append(worker_id)
+            if sent:
+                self.migrations += 1
+        raise UnavailableError(f"no coordinator, and no worker found through gossip could serve "
+                               f"{self.requested_model!r}", retry_after=2, code="upstream_failed")
 
     async def _admit(self, exclude: list[str], *, retry: bool) -> coordinator_pb2.AdmitReply:
         request = self._admit_request

@@ -15,6 +15,11 @@ from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
 
 from .app import build_app
+from .auth import Identities
+from .degraded import Degraded
+from .jwt_auth import JwtVerifier
+from .keys_store import RuntimeKeys
+from .limits import Limiter
 from .state import GatewayMetrics, GatewayState
 from .upstream import Upstream
 
@@ -39,8 +44,17 @@ class GatewayRole(Role):
     async def start(self) -> None:
         keys = self._ctx.api_keys
         upstream = Upstream(self._ctx.channel, self._ctx.redis, self._config.coordinator)
+        limits = await self._limiter(keys)
         self._state = GatewayState(self._config, keys, upstream, GatewayMetrics.register(self._ctx.telemetry),
-                                   default_priority=self._ctx.config.coordinator.task_queue.default_priority)
+                                   default_priority=self._ctx.config.coordinator.task_queue.default_priority,
+                                   limits=limits)
+        if self._ctx.redis is not None:
+            self._state.runtime_keys = RuntimeKeys(self._ctx.redis)
+        self._state.identities = Identities(keys, self._state.runtime_keys, JwtVerifier.from_config(self._config))
+        if self._ctx.redis is not None and self._ctx.gossip is not None and self._config.degraded_after > 0 \
+                and not self._config.coordinator:
+            self._state.degraded = Degraded(self._ctx.redis, self._ctx.gossip.members_raw,
+                                            after=self._config.degraded_after)
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)
@@ -56,7 +70,21 @@ class GatewayRole(Role):
         except OSError as exc:
             raise StartupError(f"[gateway] listen {self._config.listen!r}: {exc.strerror or exc}") from exc
         self._tasks.spawn(upstream.leases.run(), "lease keeper")
+        if self._state.degraded is not None:
+            self._tasks.spawn(self._state.degraded.run(), "degraded-mode probe")
         log.info("gateway listening on http://%s", self._config.listen)
+
+    async def _limiter(self, keys) -> Limiter | None:
+        """Per-key limits and usage need Redis, shared by every gateway; a limit that could not be
+        enforced stops start-up instead of being ignored."""
+        if self._ctx.redis is None:
+            limited = [k.name for k in keys.keys if k.has_limits]
+            if limited:
+                raise StartupError(f"API key(s) {', '.join(limited)} set limits, which need Redis; this gateway has none")
+            return None
+        limiter = Limiter(self._ctx.redis, request_timeout=self._config.request_timeout)
+        await limiter.check()
+        return limiter
 
     async def drain(self, timeout: float) -> None:
         if self._site is None or self._state is None:
@@ -79,6 +107,8 @@ class GatewayRole(Role):
                 async with asyncio.timeout(CUT_GRACE_S):
                     await in_flight.idle.wait()
         await self._state.upstream.reports.wait(timeout=REPORT_GRACE_S)  # completions the coordinator must hear of
+        if self._state.limits is not None:
+            await self._state.limits.wait(timeout=1.0)  # usage and in-flight slots to settle (milliseconds)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -86,6 +116,8 @@ class GatewayRole(Role):
         await self._tasks.close()
         if self._state is not None:
             await self._state.upstream.close()
+            if self._state.limits is not None:
+                await self._state.limits.close()
 
     def readiness(self) -> tuple[bool, str]:
         if self._draining:

@@ -9,11 +9,17 @@ from aiohttp import web
 
 from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
-from cynode.errors import RequestError
+from cynode.errors import AuthError, RateLimitError, RequestError
 from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
 
+from .auth import IDENTITY, Identities
+from .degraded import Degraded
+from .keys_store import RuntimeKeys
+from .limits import Admission, Limiter
 from .upstream import Upstream
+
+LIMIT_HEADERS = web.RequestKey("cynode_ratelimit_headers", dict)  # x-ratelimit-* headers for the answer
 
 
 @dataclass
@@ -74,15 +80,46 @@ class GatewayState:
     upstream: Upstream
     metrics: GatewayMetrics
     default_priority: int = 0
+    limits: Limiter | None = None
+    identities: Identities | None = None
+    runtime_keys: RuntimeKeys | None = None
+    degraded: Degraded | None = None
     in_flight: InFlight = field(default_factory=InFlight)
 
+    def __post_init__(self) -> None:
+        if self.identities is None:
+            self.identities = Identities(self.keys)
+
     def authenticate(self, request: web.Request, scope: str) -> ApiKey:
-        key = self.keys.authenticate(request.headers.get("Authorization"))
+        """The caller's key (resolved by the `identify` middleware) if it holds `scope`; else AuthError."""
+        key = request.get(IDENTITY)
+        if key is None:  # no Authorization header (or no middleware): the file keys decide
+            key = self.keys.authenticate(request.headers.get("Authorization"))
+        elif isinstance(key, AuthError):
+            raise key
         require(key, scope)
         return key
 
     def authorize_model(self, key: ApiKey, model: str) -> None:
         require(key, "inference", model)
+
+    def priority(self, key: ApiKey) -> int:
+        """The queue priority of the key's requests."""
+        return self.default_priority if key.priority is None else key.priority
+
+    async def admit(self, request: web.Request, key: ApiKey, request_id: str, estimate: int) -> Admission | None:
+        """Charge the key's limits (429 when one is reached); settle the admission when the request ends.
+        The x-ratelimit-* headers go on the answer, refusals included."""
+        if self.limits is None:
+            return None
+        try:
+            admission = await self.limits.admit(key, request_id, estimate)
+        except RateLimitError as exc:
+            request[LIMIT_HEADERS] = exc.headers
+            raise
+        if admission.headers:
+            request[LIMIT_HEADERS] = admission.headers
+        return admission
 
     async def read_body(self, request: web.Request) -> bytes:
         try:

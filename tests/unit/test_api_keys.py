@@ -64,7 +64,7 @@ def test_a_valid_file_loads_every_field(store: ApiKeyStore):
     assert ops == ApiKey(name="ops", scopes=frozenset({"inference", "training", "admin"}), models=("*",),
                          requests_per_minute=600, tokens_per_minute=200000, priority=5)
     assert reader == ApiKey(name="reader", scopes=frozenset({"inference"}), models=("smollm2*", "qwen-?b"),
-                            requests_per_minute=None, tokens_per_minute=None, priority=0)
+                            requests_per_minute=None, tokens_per_minute=None, priority=None)
 
 
 def test_clear_keys_are_not_kept_in_memory(store: ApiKeyStore):
@@ -274,3 +274,43 @@ def test_an_existing_file_is_left_alone(tmp_path: Path):
     path = write(tmp_path / "api-keys.toml", "# mine\n", 0o600)
     assert ensure_api_keys_file(path) is None
     assert path.read_text() == "# mine\n"
+
+
+def test_limits_budgets_and_expiry_load_from_the_file(tmp_path: Path):
+    store = load_text(tmp_path, f"""
+[[keys]]
+name = "metered"
+key = "{OPS_KEY}"
+max_concurrent_requests = 4
+tokens_per_day = 1000
+tokens_per_month = 20000
+expires = 2030-01-31T00:00:00Z
+""")
+    (key,) = store.keys
+    assert (key.max_concurrent_requests, key.tokens_per_day, key.tokens_per_month) == (4, 1000, 20000)
+    assert key.expires_at == 1896048000.0 and key.has_limits and key.priority is None
+    assert store.authenticate(f"Bearer {OPS_KEY}") is key
+
+
+def test_a_bad_expiry_or_limit_is_named(tmp_path: Path):
+    text = problems_of(tmp_path, f"""
+[[keys]]
+name = "bad"
+key = "{OPS_KEY}"
+expires = 2030-01-31
+tokens_per_day = 0
+""")
+    assert "keys[0].expires: must be a TOML date-time with a time zone" in text
+    assert "keys[0].tokens_per_day: must be at least 1" in text
+
+
+def test_an_expired_file_key_is_refused_with_its_own_code(tmp_path: Path):
+    store = load_text(tmp_path, f"""
+[[keys]]
+name = "gone"
+key = "{OPS_KEY}"
+expires = 2020-01-01T00:00:00Z
+""")
+    with pytest.raises(AuthError) as info:
+        store.authenticate(f"Bearer {OPS_KEY}")
+    assert (info.value.status, info.value.code) == (401, "expired_api_key")
