@@ -140,9 +140,10 @@ step "6. Who is in the cluster, and who leads"
 "$CYNODE" members -c "$WORK/a/node.toml" --key "$KEY"
 "$CYNODE" status -c "$WORK/a/node.toml" --key "$KEY"
 
-step "7. A chat through either gateway"
+step "7. A chat through any node (c has no gateway: it forwards to one and says so in X-Cynode-Forwarded-By)"
 chat http://127.0.0.2:8080
 chat http://127.0.0.3:8080
+chat http://127.0.0.4:8080
 
 step "8. A worker leaves (systemctl stop cynode on c) and joins again"
 kill -TERM "${PID[c]}"; wait "${PID[c]}" || fail "c did not stop cleanly"; unset 'PID[c]'
