@@ -12,6 +12,7 @@ from cynode.openai_errors import error_response, response_for
 from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
+from . import files_api, fine_tuning_api
 from .chat import chat_completions
 from .state import GatewayState
 
@@ -25,6 +26,8 @@ def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Appli
         web.post("/v1/chat/completions", chat_completions),
         web.get("/v1/models", list_models),
         web.get("/v1/cluster/status", cluster_status),
+        *files_api.routes(),
+        *fine_tuning_api.routes(),
         *node_routes,
     ])
     return app

@@ -10,6 +10,7 @@ from cynode.engines.base import InferenceEngine
 from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec, sim_spec
 from cynode.errors import ConfigError, CynodeError, StartupError
+from cynode.redis_conn import RedisConnection
 from cynode.role import Role, RoleContext
 from cynode.rpc import worker_pb2_grpc
 from cynode.rpc.server import RpcServer
@@ -17,6 +18,7 @@ from cynode.tasks import BackgroundTasks
 
 from .metrics import WorkerMetrics
 from .service import WorkerService
+from .training_service import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class WorkerRole(Role):
         self._tasks = BackgroundTasks("worker")
         self._metrics = WorkerMetrics.register(ctx.telemetry)
         self._platform: Platform = Platform()
+        self._training: TrainingService | None = None
 
     async def start(self) -> None:
         try:
@@ -67,6 +70,35 @@ class WorkerRole(Role):
         self._tasks.spawn(self._reap_idle_forever(), "idle unload")
         if self._ctx.gossip is not None:
             self._tasks.spawn(self._publish_forever(), "gossip metadata")
+        if "training" in self._config.tags and self._backend != "sim":
+            await self._start_training()
+
+    async def _start_training(self) -> None:
+        """Take fine-tuning jobs (roles/worker/training_service.py); a worker-only node opens its own Redis."""
+        from cynode.engines.factory import _model_dir  # the one place a model's folder is made
+
+        cfg = self._ctx.config
+        redis = self._ctx.redis or RedisConnection(cfg.redis.url, cfg.cluster.name)
+
+        def folders() -> dict:
+            out = {}
+            for spec in self._manager.registry.specs:
+                folder = spec.path if spec.source_kind == "folder" else cfg.models_path / spec.id
+                for name in spec.names:
+                    out[name] = folder
+            return out
+
+        def model_dir(name: str):
+            spec = self._manager.registry.resolve(name)
+            if spec is None:
+                raise CynodeError(f"model {name!r} is not in this worker's registry", code="model_not_found")
+            return _model_dir(spec, cfg.models_path)
+
+        self._training = TrainingService(worker_id=cfg.node.id, redis=redis, own_redis=self._ctx.redis is None,
+                                         training_dir=cfg.training_path, models=folders, model_dir=model_dir,
+                                         free_memory=self._platform.free_memory,
+                                         threads=self._config.training_threads)
+        await self._training.start()
 
     def _registry(self) -> ModelRegistry:
         if self._backend == "sim" and self._config.model_registry is None:
@@ -120,6 +152,8 @@ class WorkerRole(Role):
             await self._server.stop(grace=timeout)
 
     async def stop(self) -> None:
+        if self._training is not None:
+            await self._training.close()
         await self._tasks.close()
         if self._server:
             await self._server.stop(grace=None)
