@@ -136,11 +136,10 @@ class TrainingJobs:
             if job is None:
                 continue
             choice = self._pick(job, idle)
-            if choice is None:
+            if isinstance(choice, str):
                 if job_id not in self._waiting_noted:
                     self._waiting_noted.add(job_id)
-                    await self._store.add_event(job_id, f"Waiting for an idle training worker with the model "
-                                                f"{job['model']} and the memory the job needs")
+                    await self._store.add_event(job_id, choice)
                 continue
             worker, need = choice
             attempt = await self._store.assign(job_id, worker, epoch)
@@ -152,20 +151,27 @@ class TrainingJobs:
             await self._store.add_event(job_id, f"Assigned to training worker {worker} (attempt {attempt}; "
                                         f"needs about {need / 2**20:.0f} MiB)")
 
-    def _pick(self, job: dict[str, Any], idle: dict[str, dict[str, Any]]) -> tuple[str, int] | None:
-        """The idle worker with the most free memory among those that have the model and room for it."""
-        best = None
+    def _pick(self, job: dict[str, Any], idle: dict[str, dict[str, Any]]) -> tuple[str, int] | str:
+        """The idle worker with the most free memory among those that have the model and room for it,
+        or why there is none yet."""
+        best, most_free, need = None, 0, 0
         for worker, info in idle.items():
-            models = info.get("models") or {}
-            if job["model"] not in models:
+            spec_id = (info.get("models") or {}).get(job["model"])
+            if spec_id is None:
                 continue
-            need = self._need(job, models[job["model"]])
+            need = self._need(job, (info.get("configs") or {}).get(spec_id))
             free = int(info.get("free_memory") or 0)
+            most_free = max(most_free, free)
             if free and need > free:
                 continue
             if best is None or free > best[2]:
                 best = (worker, need, free)
-        return (best[0], best[1]) if best else None
+        if best is not None:
+            return best[0], best[1]
+        if most_free:
+            return (f"Waiting for a training worker with {need / 2**20:.0f} MiB free for this job (the most an idle "
+                    f"one has is {most_free / 2**20:.0f} MiB; a smaller batch_size or max_seq_len needs less)")
+        return f"Waiting for an idle training worker with the model {job['model']}"
 
     @staticmethod
     def _need(job: dict[str, Any], config: dict[str, Any] | None) -> int:

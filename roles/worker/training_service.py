@@ -39,12 +39,11 @@ RENEW_S = 2.0
 
 
 class TrainingService:
-    def __init__(self, *, worker_id: str, redis: RedisConnection, own_redis: bool, training_dir: Path,
+    def __init__(self, *, worker_id: str, redis: RedisConnection, training_dir: Path,
                  models: Callable[[], dict[str, Path | None]], model_dir: Callable[[str], Path],
                  free_memory: Callable[[], int], threads: int | None = None) -> None:
         self._worker_id = worker_id
         self._redis = redis
-        self._own_redis = own_redis
         self._store = TrainingStore(redis)
         self._dir = training_dir
         self._models = models
@@ -67,8 +66,6 @@ class TrainingService:
             with contextlib.suppress(Exception):
                 await self._runner.close(timeout=20)  # the child checkpoints (pause) and exits
         await self._tasks.close()
-        if self._own_redis:
-            await self._redis.close()
 
     # ---- announce ------------------------------------------------------------------------------
 
@@ -76,7 +73,7 @@ class TrainingService:
         while True:
             try:
                 await self._store.heartbeat(self._worker_id, {
-                    "models": await asyncio.to_thread(self._model_configs), "free_memory": self._free_memory(),
+                    **await asyncio.to_thread(self._model_configs), "free_memory": self._free_memory(),
                     "job": self.current, "seen": time.time(),
                 })
             except CynodeError as exc:
@@ -86,15 +83,18 @@ class TrainingService:
             await asyncio.sleep(HEARTBEAT_S)
 
     def _model_configs(self) -> dict[str, Any]:
-        """Every name of every model this worker can train, with its config.json when on disk already."""
-        out: dict[str, Any] = {}
+        """{"models": every name -> its folder's id, "configs": folder id -> config.json when on disk}."""
+        models: dict[str, str] = {}
+        configs: dict[str, Any] = {}
         for name, folder in self._models().items():
-            config = None
-            if folder is not None and (folder / "config.json").is_file():
-                with contextlib.suppress(OSError, ValueError):
-                    config = json.loads((folder / "config.json").read_text())
-            out[name] = config
-        return out
+            key = str(folder)
+            models[name] = key
+            if key not in configs:
+                configs[key] = None
+                if folder is not None and (folder / "config.json").is_file():
+                    with contextlib.suppress(OSError, ValueError):
+                        configs[key] = json.loads((folder / "config.json").read_text())
+        return {"models": models, "configs": configs}
 
     # ---- run -----------------------------------------------------------------------------------
 

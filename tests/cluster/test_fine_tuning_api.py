@@ -148,3 +148,37 @@ def test_a_key_without_the_training_scope_is_refused(cluster, tmp_path):
         chat_only.files.list()
     with pytest.raises(openai.PermissionDeniedError, match="training"):
         chat_only.fine_tuning.jobs.list()
+
+
+def cynode_train(node, *args, timeout=120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "cynode", "train", *args, "--url", node.base_url,
+                           "--key", node.api_key()], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cynode_train_uploads_submits_and_follows_until_the_job_ends(gateway, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(jsonl([*GOOD, {"text": 3}]))
+    result = cynode_train(gateway, str(bad), "--model", "sim", "--epochs", "2")
+    assert result.returncode == 1, result
+    assert "uploaded" in result.stderr and "created job ftjob-" in result.stderr
+    assert "Files validated" not in result.stderr
+    assert "row 4" in result.stderr and "ended failed" in result.stderr
+
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl(GOOD))
+    detached = cynode_train(gateway, str(good), "--model", "sim", "--suffix", "cli", "--detach")
+    assert detached.returncode == 0, detached
+    job_id = detached.stdout.strip()
+    job = wait_status(client_of(gateway), job_id, {"queued"})
+    assert job.user_provided_suffix == "cli"
+
+
+def test_the_progress_line_shows_step_loss_speed_and_eta():
+    from cynode.train_cli import progress_line
+
+    line = progress_line({"step": 5, "total_steps": 10, "train_loss": 1.23456, "tokens_per_second": 321.7,
+                          "eta_seconds": 75})
+    assert line == "[############............] step 5/10  loss 1.2346  322 tok/s  ETA 00:01:15"
