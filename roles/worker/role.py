@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from cynode.engines import Platform, create_engine, platform_of, select_backend
 from cynode.engines.base import InferenceEngine
@@ -23,6 +24,7 @@ from .training_service import TrainingService
 
 log = logging.getLogger(__name__)
 
+WARM_WITHIN_S = 600.0  # adapters published this recently are loaded ahead of their first request
 BUDGET_SHARE = 0.8  # of the memory available at start, when [worker] memory_budget is not set
 
 
@@ -110,6 +112,15 @@ class WorkerRole(Role):
         self._manager.update_registry(registry)
         if added:
             log.info("serving fine-tuned adapter(s) %s", ", ".join(added))
+        fresh = [m for m in added if time.time() - float(self._adapters[m].get("created_at") or 0) < WARM_WITHIN_S]
+        for model_id in fresh:  # just published: load it now, so its first request does not wait
+            self._tasks.spawn(self._warm(model_id), f"load adapter {model_id}")
+
+    async def _warm(self, model_id: str) -> None:
+        try:
+            await self._manager.load(model_id)
+        except CynodeError as exc:
+            log.warning("adapter %s not loaded ahead of use: %s", model_id, exc.message)
 
     def _adapter_backend(self, base: str) -> str | None:
         """The backend an adapter of `base` runs on here, or None when this worker cannot hot-load it."""

@@ -157,8 +157,48 @@ def test_a_killed_worker_resumes_elsewhere_and_a_leader_failover_loses_no_event(
     assert f"Resuming training on worker {other} (attempt 2)" in messages
     ids = [int(e.id.rsplit("-", 1)[1]) for e in events]
     assert ids == list(range(1, len(events) + 1)), "an event was lost"
-    steps = [e.data["step"] for e in events if e.type == "metrics"]
-    assert steps[-1] == 14 and set(range(1, 15)) <= set(steps)
+    # The second worker goes on from the checkpoint it resumed from (the orphaned child of the killed
+    # worker may have checkpointed one step more on its way out), up to the last step.
+    at = next(i for i, e in enumerate(events) if e.message.startswith("Resumed from the checkpoint at step"))
+    resumed_step = int(events[at].message.split("step ")[1].split(" ")[0])
+    after = [e.data["step"] for e in events[at:] if e.type == "metrics"]
+    assert after == list(range(resumed_step + 1, 15))
+    before = [e.data["step"] for e in events[:at] if e.type == "metrics"]
+    assert resumed_step >= 3 and set(range(1, 4)) <= set(before)
     # One adapter version, however many workers touched the job.
     adapters = shared / "adapters" / done.fine_tuned_model
     assert sorted(p.name for p in adapters.iterdir() if p.name.isdigit()) == ["1"]
+
+
+COLOURS = [("the sky on a clear day", "blue"), ("fresh grass", "green"), ("a ripe banana", "yellow"),
+           ("snow", "white"), ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"),
+           ("a lemon", "yellow")]
+
+
+@pytest.mark.timeout(900)
+def test_a_dpo_job_with_a_validation_file_moves_the_margin(cluster, tmp_path):
+    worker = training_worker(cluster, "w0", tmp_path / "training")
+    node = cluster.coordinator("c0", [worker], gateway=True)
+    cluster.start(worker, node)
+    client = client_of(node)
+    wait_for(lambda: MODEL in [m.id for m in client.models.list().data], 60, "the model to be served")
+    rows = [{"prompt": [{"role": "user", "content": f"What colour is {thing}?"}],
+             "chosen": f"It is {colour}.", "rejected": "I cannot know the colour of anything."}
+            for thing, colour in COLOURS]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    held = "".join(json.dumps(r) + "\n" for r in rows[:4]).encode()
+    training = client.files.create(file=("pairs.jsonl", body), purpose="fine-tune")
+    validation = client.files.create(file=("held.jsonl", held), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=MODEL, training_file=training.id, validation_file=validation.id, suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 4,
+                                                           "learning_rate_multiplier": 5, "beta": 0.1}}})
+    assert job.method.type == "dpo" and job.hyperparameters.beta == 0.1
+    done = wait_done(client, job.id, 600)
+    events = events_of(client, job.id)
+    steps = [e.data for e in events if e.type == "metrics"]
+    assert len(steps) == 6
+    assert abs(steps[0]["rewards_margin"]) < 1e-3  # policy == reference at the start
+    assert steps[-1]["rewards_margin"] > steps[0]["rewards_margin"] + 0.1
+    assert any(m.message.startswith("Step 2: validation loss=") for m in events)
+    assert done.fine_tuned_model.endswith(f":ft-dpo-{job.id.removeprefix('ftjob-')}")
