@@ -192,7 +192,8 @@ def test_a_dpo_job_with_a_validation_file_moves_the_margin(cluster, tmp_path):
     job = client.fine_tuning.jobs.create(
         model=MODEL, training_file=training.id, validation_file=validation.id, suffix="dpo",
         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 4,
-                                                           "learning_rate_multiplier": 5, "beta": 0.1}}})
+                                                           "learning_rate_multiplier": 5, "beta": 0.1,
+                                                           "max_seq_len": 128}}})
     assert job.method.type == "dpo" and job.hyperparameters.beta == 0.1
     done = wait_done(client, job.id, 600)
     events = events_of(client, job.id)
