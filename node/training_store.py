@@ -171,10 +171,10 @@ class TrainingStore:
 
     # ---- files -----------------------------------------------------------------------------------
 
-    async def put_file(self, filename: str, purpose: str, text: str) -> dict[str, Any]:
+    async def put_file(self, filename: str, purpose: str, text: str, owner: str = "") -> dict[str, Any]:
         file_id = new_id("file")
         record = {"id": file_id, "filename": filename, "purpose": purpose, "bytes": len(text.encode()),
-                  "created_at": int(time.time())}
+                  "created_at": int(time.time()), "owner": owner}
         with translate_errors("file upload"):
             pipe = self.r.pipeline(transaction=True)
             pipe.set(self.k("file", file_id, "data"), text)

@@ -37,6 +37,11 @@ def store_of(request: web.Request) -> TrainingStore:
     return store
 
 
+def visible(key, record: dict) -> bool:
+    """A key sees what it uploaded; an admin key sees everything."""
+    return key.has_scope("admin") or record.get("owner") == key.name
+
+
 def file_object(record: dict) -> dict:
     return {"object": "file", "id": record["id"], "bytes": record["bytes"], "created_at": record["created_at"],
             "filename": record["filename"], "purpose": record["purpose"], "status": "processed",
@@ -45,7 +50,7 @@ def file_object(record: dict) -> dict:
 
 async def create_file(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
-    state.authenticate(request, "training")
+    key = state.authenticate(request, "training")
     store = store_of(request)
     if not request.content_type.startswith("multipart/"):
         raise RequestError("POST /v1/files takes multipart/form-data with the fields 'file' and 'purpose'",
@@ -74,7 +79,7 @@ async def create_file(request: web.Request) -> web.Response:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(f"{filename}: not UTF-8 text at byte {exc.start} (expected JSONL)", param="file") from None
-    record = await store.put_file(filename, purpose, text)
+    record = await store.put_file(filename, purpose, text, owner=key.name)
     return web.Response(body=fmt.json_bytes(file_object(record)), content_type="application/json")
 
 
@@ -91,20 +96,21 @@ async def _read_limited(part, limit: int) -> bytes:
 
 async def list_files(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
-    state.authenticate(request, "training")
+    key = state.authenticate(request, "training")
     purpose = request.query.get("purpose")
-    files = [file_object(f) for f in await store_of(request).list_files() if purpose in (None, f["purpose"])]
+    files = [file_object(f) for f in await store_of(request).list_files()
+             if purpose in (None, f["purpose"]) and visible(key, f)]
     return web.Response(body=fmt.json_bytes({"object": "list", "data": files, "has_more": False}),
                         content_type="application/json")
 
 
 async def _file_or_404(request: web.Request) -> tuple[TrainingStore, dict]:
     state: GatewayState = request.app["state"]
-    state.authenticate(request, "training")
+    key = state.authenticate(request, "training")
     store = store_of(request)
     file_id = request.match_info["file_id"]
     record = await store.get_file(file_id)
-    if record is None:
+    if record is None or not visible(key, record):
         raise RequestError(f"No such File object: {file_id}", status=404, param="id", code="file_not_found")
     return store, record
 

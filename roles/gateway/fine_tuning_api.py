@@ -24,6 +24,7 @@ from cynode.training_store import TERMINAL, TrainingStore, new_id
 
 from . import openai_format as fmt
 from .files_api import store_of
+from .files_api import visible as file_visible
 from .state import GatewayState
 
 BASE_LEARNING_RATE = 2e-4  # learning_rate_multiplier 1.0 means this (the engine's default)
@@ -134,7 +135,7 @@ async def create_job(request: web.Request) -> web.Response:
         if not isinstance(file_id, str) or not file_id:
             raise RequestError(f"'{name}' is required: the id of an uploaded file", param=name)
         record = await store.get_file(file_id)
-        if record is None:
+        if record is None or not file_visible(key, record):
             raise RequestError(f"{name} {file_id!r}: no such file", status=404, param=name, code="file_not_found")
         if record["purpose"] != "fine-tune":
             raise RequestError(f"{name} {file_id!r} has purpose {record['purpose']!r}, not 'fine-tune'", param=name)

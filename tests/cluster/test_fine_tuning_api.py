@@ -140,7 +140,8 @@ def test_a_key_without_the_training_scope_is_refused(cluster, tmp_path):
     keys = node.workdir / "data" / "api-keys.toml"
     keys.parent.mkdir(parents=True, exist_ok=True)
     keys.write_text('[[keys]]\nname = "admin"\nkey = "sk-cynode-admin-test"\nscopes = ["inference", "training", "admin"]\n'
-                    '[[keys]]\nname = "chat"\nkey = "sk-cynode-chat-test"\nscopes = ["inference"]\n')
+                    '[[keys]]\nname = "chat"\nkey = "sk-cynode-chat-test"\nscopes = ["inference"]\n'
+                    '[[keys]]\nname = "trainer"\nkey = "sk-cynode-trainer-test"\nscopes = ["inference", "training"]\n')
     keys.chmod(0o600)
     cluster.start(worker, node)
     chat_only = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key="sk-cynode-chat-test", max_retries=0)
@@ -148,6 +149,15 @@ def test_a_key_without_the_training_scope_is_refused(cluster, tmp_path):
         chat_only.files.list()
     with pytest.raises(openai.PermissionDeniedError, match="training"):
         chat_only.fine_tuning.jobs.list()
+    # A training key without admin sees only its own files.
+    admin = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key="sk-cynode-admin-test", max_retries=0)
+    trainer = openai.OpenAI(base_url=f"{node.base_url}/v1", api_key="sk-cynode-trainer-test", max_retries=0)
+    theirs = admin.files.create(file=("a.jsonl", jsonl(GOOD)), purpose="fine-tune")
+    mine = trainer.files.create(file=("b.jsonl", jsonl(GOOD)), purpose="fine-tune")
+    assert [f.id for f in trainer.files.list().data] == [mine.id]
+    with pytest.raises(openai.NotFoundError):
+        trainer.files.retrieve(theirs.id)
+    assert {f.id for f in admin.files.list().data} == {theirs.id, mine.id}
 
 
 def cynode_train(node, *args, timeout=120):
