@@ -52,6 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     members.add_argument("--key", help="an API key with the admin scope (default: $CYNODE_API_KEY or this node's key file)")
     members.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    train = commands.add_parser("train", help="upload a dataset, start a fine-tuning job and follow its progress")
+    train.add_argument("file", type=Path, help="training data (JSONL)")
+    train.add_argument("--model", required=True, help="base model id (as /v1/models lists it)")
+    train.add_argument("--validation-file", type=Path, help="validation data (JSONL)")
+    train.add_argument("--method", choices=("supervised", "dpo"), default="supervised")
+    train.add_argument("--suffix", help="part of the fine-tuned model's name: <model>:ft-<suffix>-<job>")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--epochs", dest="n_epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate-multiplier", type=float, help="times the base learning rate 2e-4")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--max-seq-len", type=int)
+    train.add_argument("--beta", type=float, help="DPO only")
+    train.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    train.add_argument("-c", "--config", type=Path, help="node.toml of this node (for its address and key)")
+    train.add_argument("--url", help="a gateway's HTTP address (default: this node's gateway)")
+    train.add_argument("--key", help="an API key with the training scope (default: $CYNODE_API_KEY or this node's "
+                                     "admin key)")
+
     doctor = commands.add_parser("doctor", help="check this host before the first start and say what to fix")
     doctor.add_argument("-c", "--config", type=Path, help="node.toml to check (default: built-in defaults)")
 
@@ -93,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             from .keys_cli import run as run_keys
 
             return run_keys(args)
+        if args.command == "train":
+            return _train(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 
@@ -146,6 +167,20 @@ def _cluster_view(args: argparse.Namespace) -> int:
         body = fetch(args.url or default_url(config, "metrics"), "/v1/cluster/members", key)
         print(json.dumps(body, indent=2) if args.json else render_members(body))
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .cluster_cli import admin_key_from_file, default_url
+    from .config import load_config
+    from .train_cli import run
+
+    config = load_config(args.config, os.environ)
+    key = args.key or os.environ.get("CYNODE_API_KEY") or admin_key_from_file(config)
+    if not key:
+        print("cynode train: no API key (pass --key, set CYNODE_API_KEY, or run where the node's key file is "
+              "readable)", file=sys.stderr)
+        return 2
+    return run(args, args.url or default_url(config, "gateway"), key)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
-"""Write docs/configuration.md from `cynode config explain` (the config model is the one source).
+"""Write docs/configuration.md and packaging/node.toml from `cynode config explain` (the config model
+is the one source of both).
 
-    python tools/gen_config_doc.py          # write the page
-    python tools/gen_config_doc.py --check  # exit 1 when the page differs from the code (a test runs this)
+    python tools/gen_config_doc.py          # write both
+    python tools/gen_config_doc.py --check  # exit 1 when either differs from the code (tests run this)
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from cynode.config import explain
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "configuration.md"
+SHIPPED = ROOT / "packaging" / "node.toml"
 
 INTRO = """\
 # Configuration: `node.toml`
@@ -40,18 +43,26 @@ def render() -> str:
     return INTRO + explain() + "```\n"
 
 
+def render_shipped() -> str:
+    """packaging/node.toml: its own header comments, then every key (the host-name id commented out)."""
+    text = SHIPPED.read_text()
+    body = explain().replace('\nid = "<host name>"', '\n# id = "<host name>"')
+    return text[:text.index("[node]")] + body[body.index("[node]"):]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when docs/configuration.md is stale")
     args = parser.parse_args()
-    page = render()
+    outputs = {PAGE: render(), SHIPPED: render_shipped()}
     if args.check:
-        if PAGE.read_text() != page:
-            print(f"{PAGE} is stale: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(page)
-    print(f"wrote {PAGE}")
+        stale = [str(path) for path, text in outputs.items() if path.read_text() != text]
+        if stale:
+            print(f"stale: {', '.join(stale)}: run `make docs`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

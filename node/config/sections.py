@@ -125,6 +125,8 @@ class GatewaySection(Section):
     """The aud claim every JWT must carry; default: not checked."""
     jwt_leeway: Duration = 30.0
     """Clock skew allowed when checking a JWT's exp and nbf."""
+    max_file_bytes: ByteSize = 64 * 1024 * 1024
+    """Largest file POST /v1/files accepts (fine-tuning data, kept in Redis so every training worker reads it)."""
 
     @field_validator("coordinator")
     @classmethod
@@ -224,6 +226,10 @@ class WorkerSection(Section):
     """Memory the loaded models may use ("24GiB"); default: 80% of what is available at start."""
     idle_unload: Duration = 0.0
     """Unload a model nobody used for this long ("0s": never)."""
+    training_dir: LocalPath | None = None
+    """Checkpoints and adapters of fine-tuning jobs; default <data_dir>/training; workers that resume each other's jobs and serve each other's adapters must share it."""
+    training_threads: int | None = Field(default=None, ge=1)
+    """CPU threads of a fine-tuning job's process (default: torch's choice, every core)."""
     sim: SimSection = SimSection()
     """Pacing of the `sim` backend (benchmarks of cynode's own overhead; never a default)."""
 
@@ -262,3 +268,7 @@ class NodeConfig(Section):
     @property
     def models_path(self) -> Path:
         return self.worker.models_dir or self.node.data_dir / "models"
+
+    @property
+    def training_path(self) -> Path:
+        return self.worker.training_dir or self.node.data_dir / "training"

@@ -11,6 +11,7 @@ from cynode.role import Role, RoleContext
 from cynode.rpc import coordinator_pb2_grpc
 from cynode.rpc.server import RpcServer
 from cynode.tasks import BackgroundTasks
+from cynode.training_store import TrainingStore
 
 from .dispatcher import Dispatcher
 from .leader import LeaderElection
@@ -19,6 +20,7 @@ from .pool import WorkerPool
 from .prompt_cache import PromptCache
 from .service import CoordinatorService
 from .task_queue import TaskQueue
+from .training_jobs import TrainingJobs
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class CoordinatorRole(Role):
                                 max_retries=queue_cfg.max_retries, cache=self._cache)
         self._dispatcher = Dispatcher(self._queue, self._pool, lease_ttl=queue_cfg.lease_ttl,
                                       is_leader=lambda: self._election.is_leader)
+        self._training = TrainingJobs(TrainingStore(ctx.redis), is_leader=lambda: self._election.is_leader,
+                                      epoch=lambda: self._election.epoch)
         self._server: RpcServer | None = None
         self._tasks = BackgroundTasks("coordinator")
 
@@ -88,6 +92,7 @@ class CoordinatorRole(Role):
         self._tasks.spawn(self._pool.run(), "worker health checks")
         self._tasks.spawn(self._election.run(), "leader election")
         self._tasks.spawn(self._dispatcher.run(), "dispatcher")
+        self._tasks.spawn(self._training.run(), "fine-tuning jobs")
         await self._pool.wait_first_check(self._config.health_check_timeout + 1)
         log.info("coordinator on %s with %d worker(s) known", self._config.listen, len(self._pool.workers))
 

@@ -13,6 +13,7 @@ from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
 from .auth import identify
+from . import files_api, fine_tuning_api
 from .chat import chat_completions
 from .keys_api import admin_routes
 from .state import LIMIT_HEADERS, GatewayState
@@ -29,6 +30,8 @@ def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Appli
         web.get("/v1/models", list_models),
         web.get("/v1/cluster/status", cluster_status),
         *admin_routes(),
+        *files_api.routes(),
+        *fine_tuning_api.routes(),
         *node_routes,
     ])
     return app

@@ -13,6 +13,7 @@ from cynode.errors import StartupError
 from cynode.http_routes import cluster_routes, node_routes
 from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
+from cynode.training_store import TrainingStore
 
 from .app import build_app
 from .auth import Identities
@@ -58,6 +59,8 @@ class GatewayRole(Role):
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
         app = build_app(self._state, routes)
+        if self._ctx.redis is not None:  # /v1/files and /v1/fine_tuning keep everything there
+            app["training_store"] = TrainingStore(self._ctx.redis)
         # handler_cancellation: a client that disconnects cancels its handler at once, so a request
         # still waiting for its first token (or for a worker) is given up, not left to run.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,

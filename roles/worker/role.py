@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from cynode.engines import Platform, create_engine, platform_of, select_backend
 from cynode.engines.base import InferenceEngine
 from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec, sim_spec
 from cynode.errors import ConfigError, CynodeError, StartupError
+from cynode.redis_conn import RedisConnection
 from cynode.role import Role, RoleContext
 from cynode.rpc import worker_pb2_grpc
 from cynode.rpc.server import RpcServer
 from cynode.tasks import BackgroundTasks
+from cynode.training_store import TrainingStore
 
 from .metrics import WorkerMetrics
 from .service import WorkerService
+from .training_service import TrainingService
 
 log = logging.getLogger(__name__)
 
+WARM_WITHIN_S = 600.0  # adapters published this recently are loaded ahead of their first request
 BUDGET_SHARE = 0.8  # of the memory available at start, when [worker] memory_budget is not set
 
 
@@ -35,12 +40,17 @@ class WorkerRole(Role):
         self._tasks = BackgroundTasks("worker")
         self._metrics = WorkerMetrics.register(ctx.telemetry)
         self._platform: Platform = Platform()
+        self._training: TrainingService | None = None
+        self._ft_redis: RedisConnection | None = None
+        self._base_registry: ModelRegistry | None = None
+        self._adapters: dict = {}  # published adapters, as read from Redis
+        self._adapter_bases: dict[str, ModelSpec] = {}
 
     async def start(self) -> None:
         try:
             self._backend = select_backend(self._config.backend)
             self._platform = platform_of(self._backend)
-            registry = self._registry()
+            registry = self._base_registry = self._registry()
         except CynodeError as exc:
             raise StartupError(f"[worker] {exc.message}") from exc
         log.info("worker backend %s (asked for %s); %d model(s) registered", self._backend, self._config.backend,
@@ -67,6 +77,87 @@ class WorkerRole(Role):
         self._tasks.spawn(self._reap_idle_forever(), "idle unload")
         if self._ctx.gossip is not None:
             self._tasks.spawn(self._publish_forever(), "gossip metadata")
+        if self._backend != "sim" and {"training", "inference"} & set(self._config.tags):
+            cfg = self._ctx.config
+            # A worker-only node opens its own connection: fine-tuning jobs and adapters live in Redis.
+            self._ft_redis = self._ctx.redis or RedisConnection(cfg.redis.url, cfg.cluster.name)
+            if "inference" in self._config.tags:
+                self._tasks.spawn(self._follow_adapters_forever(), "published adapters")
+            if "training" in self._config.tags:
+                await self._start_training()
+
+    async def _follow_adapters_forever(self, every: float = 1.0) -> None:
+        """Serve every published adapter of a model this worker serves, as its own model id, from the
+        moment it is published (engines/lora_serving.py): no restart, no SIGHUP."""
+        store = TrainingStore(self._ft_redis)
+        while True:
+            try:
+                adapters = await store.adapters()
+                if adapters != self._adapters:
+                    self._adapters = adapters
+                    self._compose_registry()
+            except CynodeError as exc:
+                log.warning("published adapters: %s", exc.message)
+            except Exception:
+                log.exception("following published adapters failed")
+            await asyncio.sleep(every)
+
+    def _compose_registry(self) -> None:
+        from cynode.engines.lora_serving import registry_with_adapters
+
+        servable = {m: r for m, r in self._adapters.items() if self._adapter_backend(r.get("base", "")) is not None}
+        registry, bases = registry_with_adapters(self._base_registry, servable)
+        added = sorted(set(bases) - set(self._adapter_bases))
+        self._adapter_bases = bases
+        self._manager.update_registry(registry)
+        if added:
+            log.info("serving fine-tuned adapter(s) %s", ", ".join(added))
+        fresh = [m for m in added if time.time() - float(self._adapters[m].get("created_at") or 0) < WARM_WITHIN_S]
+        for model_id in fresh:  # just published: load it now, so its first request does not wait
+            self._tasks.spawn(self._warm(model_id), f"load adapter {model_id}")
+
+    async def _warm(self, model_id: str) -> None:
+        try:
+            await self._manager.load(model_id)
+        except CynodeError as exc:
+            log.warning("adapter %s not loaded ahead of use: %s", model_id, exc.message)
+
+    def _adapter_backend(self, base: str) -> str | None:
+        """The backend an adapter of `base` runs on here, or None when this worker cannot hot-load it."""
+        from cynode.engines.factory import backend_for
+
+        spec = self._base_registry.resolve(base) if self._base_registry else None
+        if spec is None:
+            return None
+        backend = backend_for(self._backend, spec)
+        return backend if backend.endswith("-transformers") else None
+
+    async def _start_training(self) -> None:
+        """Take fine-tuning jobs (roles/worker/training_service.py)."""
+        from cynode.engines.factory import _model_dir  # the one place a model's folder is made
+
+        cfg = self._ctx.config
+        redis = self._ft_redis
+
+        def folders() -> dict:
+            out = {}
+            for spec in self._manager.registry.specs:
+                folder = spec.path if spec.source_kind == "folder" else cfg.models_path / spec.id
+                for name in spec.names:
+                    out[name] = folder
+            return out
+
+        def model_dir(name: str):
+            spec = self._manager.registry.resolve(name)
+            if spec is None:
+                raise CynodeError(f"model {name!r} is not in this worker's registry", code="model_not_found")
+            return _model_dir(spec, cfg.models_path)
+
+        self._training = TrainingService(worker_id=cfg.node.id, redis=redis,
+                                         training_dir=cfg.training_path, models=folders, model_dir=model_dir,
+                                         free_memory=self._platform.free_memory,
+                                         threads=self._config.training_threads)
+        await self._training.start()
 
     def _registry(self) -> ModelRegistry:
         if self._backend == "sim" and self._config.model_registry is None:
@@ -76,6 +167,13 @@ class WorkerRole(Role):
 
     def _make_engine(self, spec: ModelSpec) -> InferenceEngine:
         """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use)."""
+        base = self._adapter_bases.get(spec.id)
+        if base is not None:
+            from cynode.engines.factory import _model_dir
+            from cynode.engines.lora_serving import adapter_engine
+
+            return adapter_engine(spec, _model_dir(base, self._ctx.config.models_path),
+                                  backend=self._adapter_backend(base.id), max_concurrency=self._config.max_concurrency)
         return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
                              max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump())
 
@@ -88,7 +186,8 @@ class WorkerRole(Role):
         except ConfigError as exc:
             log.error("models.json not reloaded, keeping the previous registry:\n%s", exc)
             return
-        self._manager.update_registry(registry)
+        self._base_registry = registry
+        self._compose_registry()  # the published adapters stay
         log.info("models.json reloaded: %s", ", ".join(s.id for s in registry.specs))
 
     async def _reap_idle_forever(self) -> None:
@@ -120,7 +219,11 @@ class WorkerRole(Role):
             await self._server.stop(grace=timeout)
 
     async def stop(self) -> None:
+        if self._training is not None:
+            await self._training.close()
         await self._tasks.close()
+        if self._ft_redis is not None and self._ctx.redis is None:
+            await self._ft_redis.close()
         if self._server:
             await self._server.stop(grace=None)
         if self._manager:

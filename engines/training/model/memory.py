@@ -39,6 +39,11 @@ def estimate_training_memory(model_dir: str | Path, spec: Any, *, dtype_bytes: i
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise TrainingError(f"{path}: cannot read the model config ({exc})", code="bad_model") from None
+    return estimate_from_config(config, spec, dtype_bytes=dtype_bytes)
+
+
+def estimate_from_config(config: dict[str, Any], spec: Any, *, dtype_bytes: int | None = None) -> MemoryEstimate:
+    """The same estimate from an already read config.json (the coordinator gets it from the worker)."""
     config = config.get("text_config", config)
     hidden = int(config["hidden_size"])
     layers = int(config["num_hidden_layers"])
