@@ -69,7 +69,7 @@ protos: install
 check-protos: install
 	$(BIN)/python tools/gen_protos.py --check
 
-# docs/configuration.md from the config model (`cynode config explain`); a unit test fails when it is stale.
+# docs/configuration.md and packaging/node.toml from the config model (`cynode config explain`); tests fail when stale.
 docs: install
 	$(BIN)/python tools/gen_config_doc.py
 
