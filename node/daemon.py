@@ -29,6 +29,7 @@ from .http_routes import cluster_routes, node_routes
 from .gossip_agent import GossipAgent
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
+from .redis_tls import redis_options
 from .role import Role, RoleContext
 from .operations import Operations
 from .rpc.local import LocalServices
@@ -138,7 +139,7 @@ class Daemon:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
         if {"coordinator", "gateway"} & set(roles):
-            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name)
+            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name, redis_options(cfg.redis))
             await self._redis.connect()
             log.info("Redis at %s", safe_url(cfg.redis.url))
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)

@@ -77,6 +77,16 @@ class RedisSection(Section):
     """Redis holding the leader lock, task queue and prompt cache."""
     embedded: bool = False
     """true: the daemon starts and supervises its own redis-server on the url's loopback address."""
+    username: str = ""
+    """Redis ACL user to log in as (AUTH user password); default: the url's user, else `default`."""
+    password_file: LocalPath | None = None
+    """File whose first line is the Redis password (mode 0600; keeps it out of node.toml and the url)."""
+    tls_ca_file: LocalPath | None = None
+    """rediss:// only: PEM CA certificate(s) the server's certificate must chain to; default: the system's."""
+    tls_cert_file: LocalPath | None = None
+    """rediss:// only: PEM client certificate, for a Redis that requires one (tls-auth-clients yes)."""
+    tls_key_file: LocalPath | None = None
+    """rediss:// only: PEM private key of tls_cert_file."""
 
     @field_validator("url")
     @classmethod
@@ -93,6 +103,13 @@ class RedisSection(Section):
                 raise ValueError(
                     f"embedded = true needs a loopback redis:// url (127.0.0.1, localhost or ::1), got {self.url!r}"
                 )
+            if self.username or self.password_file:
+                raise ValueError("username and password_file are for an external Redis; the embedded one has no ACL")
+        tls = [n for n in ("tls_ca_file", "tls_cert_file", "tls_key_file") if getattr(self, n) is not None]
+        if tls and not self.url.startswith("rediss://"):
+            raise ValueError(f"{', '.join(tls)} need a rediss:// url (TLS), got {self.url!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
 
