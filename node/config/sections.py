@@ -126,6 +126,16 @@ class GatewaySection(Section):
     """Largest request body accepted."""
     request_timeout: Duration = 600.0
     """Longest a single completion may take end to end."""
+    tls_cert_file: LocalPath | None = None
+    """PEM certificate (chain) to serve HTTPS with; re-read on SIGHUP. Default: plain HTTP."""
+    tls_key_file: LocalPath | None = None
+    """PEM private key of tls_cert_file."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "GatewaySection":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @field_validator("coordinator")
     @classmethod

@@ -8,13 +8,14 @@ import logging
 from aiohttp import web
 
 from cynode.config import split_host_port
-from cynode.errors import StartupError
+from cynode.errors import CynodeError, StartupError
 from cynode.http_routes import cluster_routes, node_routes
 from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
 
 from .app import build_app
 from .state import GatewayMetrics, GatewayState
+from .tls import GatewayTls
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class GatewayRole(Role):
         self._state: GatewayState | None = None
         self._tasks = BackgroundTasks("gateway")
         self._draining = False
+        self._tls: GatewayTls | None = None
 
     async def start(self) -> None:
         keys = self._ctx.api_keys
@@ -46,13 +48,27 @@ class GatewayRole(Role):
                                      handler_cancellation=True)
         await self._runner.setup()
         host, port = split_host_port(self._config.listen)
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        if self._config.tls_cert_file is not None:
+            try:
+                self._tls = GatewayTls(self._config.tls_cert_file, self._config.tls_key_file)
+            except CynodeError as exc:
+                raise StartupError(exc.message) from exc
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                                 ssl_context=self._tls.context if self._tls else None)
         try:
             await self._site.start()
         except OSError as exc:
             raise StartupError(f"[gateway] listen {self._config.listen!r}: {exc.strerror or exc}") from exc
         self._tasks.spawn(upstream.leases.run(), "lease keeper")
-        log.info("gateway listening on http://%s", self._config.listen)
+        log.info("gateway listening on %s://%s", "https" if self._tls else "http", self._config.listen)
+
+    async def reload(self) -> None:
+        if self._tls is None:
+            return
+        try:
+            log.info("gateway TLS reloaded: %s", self._tls.reload())
+        except CynodeError as exc:
+            log.error("gateway TLS not reloaded, keeping the previous certificate: %s", exc.message)
 
     async def drain(self, timeout: float) -> None:
         if self._site is None or self._state is None:
