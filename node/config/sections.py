@@ -130,6 +130,14 @@ class GatewaySection(Section):
     """PEM certificate (chain) to serve HTTPS with; re-read on SIGHUP. Default: plain HTTP."""
     tls_key_file: LocalPath | None = None
     """PEM private key of tls_cert_file."""
+    max_connections_per_client: int = Field(default=256, ge=1)
+    """Open connections one client address may hold; more are closed on arrival (before any auth)."""
+    requests_per_second_per_client: float = Field(default=200.0, ge=0)
+    """Requests per second one client address may send, in bursts of twice that; more get 429 (0: no limit)."""
+    header_timeout: Duration = 15.0
+    """A connection must send each request's headers within this of opening or of its last answer (slow clients)."""
+    body_timeout: Duration = 60.0
+    """A request's body must arrive within this once its headers have (slow clients get 408)."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "GatewaySection":

@@ -13,13 +13,16 @@ from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
 from .chat import chat_completions
+from .guards import ClientGuards, guard_middleware
 from .state import GatewayState
 
 log = logging.getLogger(__name__)
 
 
-def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=state.config.max_body_bytes)
+def build_app(state: GatewayState, node_routes: list[web.RouteDef], guards: ClientGuards | None = None) -> web.Application:
+    """`guards`: per-client limits checked inside the error mapping, before authentication (guards.py)."""
+    middlewares = [_errors_and_metrics, *([guard_middleware(guards)] if guards is not None else [])]
+    app = web.Application(middlewares=middlewares, client_max_size=state.config.max_body_bytes)
     app["state"] = state
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),

@@ -14,6 +14,7 @@ from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
 
 from .app import build_app
+from .guards import ClientGuards, GuardedSite
 from .state import GatewayMetrics, GatewayState
 from .tls import GatewayTls
 from .upstream import Upstream
@@ -28,7 +29,7 @@ class GatewayRole(Role):
         self._ctx = ctx
         self._config = ctx.config.gateway
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: GuardedSite | None = None
         self._state: GatewayState | None = None
         self._tasks = BackgroundTasks("gateway")
         self._draining = False
@@ -41,7 +42,10 @@ class GatewayRole(Role):
                                    default_priority=self._ctx.config.coordinator.task_queue.default_priority)
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
-        app = build_app(self._state, routes)
+        guards = ClientGuards(max_connections=self._config.max_connections_per_client,
+                              rate=self._config.requests_per_second_per_client,
+                              header_timeout=self._config.header_timeout, body_timeout=self._config.body_timeout)
+        app = build_app(self._state, routes, guards)
         # handler_cancellation: a client that disconnects cancels its handler at once, so a request
         # still waiting for its first token (or for a worker) is given up, not left to run.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
@@ -53,7 +57,7 @@ class GatewayRole(Role):
                 self._tls = GatewayTls(self._config.tls_cert_file, self._config.tls_key_file)
             except CynodeError as exc:
                 raise StartupError(exc.message) from exc
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True,
+        self._site = GuardedSite(self._runner, host, port, guards=guards, reuse_address=True,
                                  ssl_context=self._tls.context if self._tls else None)
         try:
             await self._site.start()
