@@ -15,11 +15,13 @@ buckets of addresses with no open connection are the first to go.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from cynode.errors import RateLimitError, RequestError
 
@@ -164,12 +166,31 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
+class _QuietMalformed(logging.Filter):
+    """aiohttp answers malformed HTTP (a line over 8 KiB, a bad header) with 400 itself, and logs a
+    traceback at ERROR for each: anyone could fill the log. Those become one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            if logging.getLogger("cynode.gateway").isEnabledFor(logging.DEBUG):
+                logging.getLogger("cynode.gateway").debug("malformed HTTP refused: %s", str(exc).splitlines()[0][:200])
+            return False
+        return True
+
+
+_QUIET = _QuietMalformed()
+
+
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections pass through `ClientGuards`."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, guards: ClientGuards, **kwargs) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._guards = guards
+        server_log = logging.getLogger("aiohttp.server")
+        if _QUIET not in server_log.filters:
+            server_log.addFilter(_QUIET)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -195,7 +216,7 @@ def guard_middleware(guards: ClientGuards):
                     async with asyncio.timeout(guards.body_timeout):
                         await request.read()  # kept by aiohttp: the handler's request.json() reads it again
                 except TimeoutError:
-                    request.protocol.force_close()
+                    request.protocol.keep_alive(False)  # the rest of the body would read as a request
                     raise RequestError(f"request body not received within {guards.body_timeout:g}s",
                                        status=408, code="request_timeout") from None
             return await handler(request)
