@@ -25,6 +25,9 @@ log = logging.getLogger("cynode.gossip")
 _LENGTH = struct.Struct(">I")
 # How long an inbound stream may take to deliver its request frame.
 INBOUND_STREAM_TIMEOUT = 10.0
+# Inbound streams open at once (each may buffer up to MAX_STREAM_BYTES before it can be authenticated);
+# more are closed on arrival, so strangers cannot make a node hold more than this many frames.
+MAX_INBOUND_STREAMS = 16
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -135,8 +138,12 @@ class UdpTransport(Transport):
                     await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
         peer = writer.get_extra_info("peername") or ("?", 0)
+        if len(self._connections) >= MAX_INBOUND_STREAMS:
+            log.debug("gossip: %d inbound streams open; refusing one from %s", len(self._connections), peer)
+            writer.transport.abort()
+            return
+        self._connections.add(writer)
         try:
             async with asyncio.timeout(INBOUND_STREAM_TIMEOUT):
                 request = await read_frame(reader)

@@ -8,6 +8,7 @@
     cynode doctor [-c node.toml]      check this host before the first start; say what to fix
     cynode keys ACTION                make, list, revoke API keys; read their usage (keys_cli.py)
     cynode keygen                     print a new cluster key
+    cynode cluster-key list|add|promote|retire   rotate the cluster key, one step at a time
     cynode version                    version, commit and the engines this cynode carries
 
 Nothing here imports torch: `cynode --help` and config commands stay instant.
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_keys_parser(commands)
     commands.add_parser("keygen", help="print a new base64 cluster key for [cluster] key_file")
+    cluster_key = commands.add_parser("cluster-key", help="rotate the cluster key step by step (docs/security.md)")
+    cluster_key.add_argument("action", choices=("list", "add", "promote", "retire"),
+                             help="list key ids; add a key read from stdin; promote an id to sign; retire an id")
+    cluster_key.add_argument("id", nargs="?", help="key id (from `list`) for promote and retire")
+    cluster_key.add_argument("-c", "--config", type=Path, help="node.toml (for [cluster] key_file)")
+    cluster_key.add_argument("--key-file", type=Path, help="the cluster key file (default: from the config)")
     commands.add_parser("version", help="print the version, commit and engines")
     return parser
 
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_keys(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "cluster-key":
+            return _cluster_key(args)
         if args.command == "keygen":
             from .cluster_key import generate_key
 
@@ -181,6 +190,15 @@ def _train(args: argparse.Namespace) -> int:
               "readable)", file=sys.stderr)
         return 2
     return run(args, args.url or default_url(config, "gateway"), key)
+def _cluster_key(args: argparse.Namespace) -> int:
+    from . import cluster_key_cli
+    from .config import load_config
+
+    if args.action in ("promote", "retire") and not args.id:
+        print(f"cynode cluster-key {args.action}: name the key id (see `cynode cluster-key list`)", file=sys.stderr)
+        return 2
+    path = args.key_file or load_config(args.config, os.environ).cluster_key_path
+    return cluster_key_cli.run(args.action, path, args.id)
 
 
 def _doctor(args: argparse.Namespace) -> int:

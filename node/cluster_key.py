@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -66,3 +68,25 @@ def ensure_key_file(path: Path) -> bool:
         handle.write("# cynode cluster key: copy this file to every node of the cluster.\n")
         handle.write(generate_key() + "\n")
     return True
+
+
+def key_id(key: bytes) -> str:
+    """A short public name for a key (a hash under its own label; reveals nothing of the key)."""
+    return hashlib.sha256(b"cynode cluster key id v1\0" + key).hexdigest()[:12]
+
+
+def write_keys(path: Path, keys: tuple[bytes, ...]) -> None:
+    """Replace the key file with `keys` (first signs), atomically and readable by its owner only."""
+    if not keys:
+        raise ValueError("a cluster key file needs at least one key")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write("# cynode cluster key: the first key signs and encrypts; every key is accepted.\n")
+            handle.writelines(base64.b64encode(k).decode() + "\n" for k in keys)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

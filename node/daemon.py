@@ -29,6 +29,7 @@ from .http_routes import cluster_routes, node_routes
 from .gossip_agent import GossipAgent
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
+from .redis_tls import redis_options
 from .role import Role, RoleContext
 from .operations import Operations
 from .rpc.local import LocalServices
@@ -139,12 +140,13 @@ class Daemon:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
         if {"coordinator", "gateway"} & set(roles):
-            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name)
+            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name, redis_options(cfg.redis))
             await self._redis.connect()
             log.info("Redis at %s", safe_url(cfg.redis.url))
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)
         await self._gossip.start()
-        peer_auth = PeerAuth(keys)
+        hosts = {split_host_port(self._gossip.service_address(r))[0] for r in ("worker", "coordinator") if r in roles}
+        peer_auth = PeerAuth(keys, cfg.node.id, addresses=tuple(sorted(hosts)))  # mTLS under the cluster CA
         self._ops.attach(telemetry=telemetry, api_keys=api_keys, membership=self._gossip, redis=self._redis,
                          key_consumers=[self._gossip.node.keyring.replace, peer_auth.replace_keys])
         ctx = RoleContext(

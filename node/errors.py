@@ -9,6 +9,7 @@
     ├── UnavailableError            503    unavailable       not there right now: worth retrying (retryable)
     │   ├── CapacityError           429    queue_full        every worker busy and no room to wait
     │   │   └── QueueFullError      429    queue_full        the task queue holds max_size tasks
+    │   ├── RateLimitError          429    rate_limit_exceeded  one client address over its request rate
     │   ├── FencedError             503    fenced            a write under an epoch that is not the leader's
     │   └── TaskEndedError          503    task_ended        the task is done, dead or cancelled already
     ├── EngineError                 500    engine_error      an inference engine failed to load or generate
@@ -87,6 +88,13 @@ class CapacityError(UnavailableError):
 
     status = 429
     code = "queue_full"
+
+
+class RateLimitError(UnavailableError):
+    """One client address sent more requests than the gateway allows it; retry after `retry_after` s."""
+
+    status = 429
+    code = "rate_limit_exceeded"
 
 
 class QueueFullError(CapacityError):

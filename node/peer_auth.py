@@ -1,71 +1,135 @@
-"""Authenticated gRPC between peers, keyed by the cluster keyring.
+"""Mutually authenticated, encrypted gRPC between peers: TLS under the cluster CA (`cynode.pki`).
 
-Every call carries `x-cynode-auth: <unix-ms>.<nonce>.<hmac>` where the HMAC-SHA256 (under a key
-derived from the cluster key, so the raw key never signs anything directly) covers the time, the
-nonce and the method name. Servers accept any key of the ring and a clock skew of `MAX_SKEW`.
-Calls without a valid signature are refused with UNAUTHENTICATED before any handler runs.
+Every gRPC port a node opens requires a client certificate issued under the CA of a key of the
+cluster keyring, and presents the node's own; every channel a node dials verifies the server's
+certificate the same way and presents the node's. Nobody without the cluster key can complete a
+handshake, read a call or replay one (TLS gives each connection fresh keys and orders its records;
+this replaces the HMAC header of earlier versions, which covered neither the body nor replays).
+The caller's node id is read from its certificate (`peer_node_id`), never from what it sends.
+
+Key material follows the keyring (`replace_keys`, on SIGHUP): servers trust every key's CA at once
+and pick up a change on their next handshake; the leaf certificate is issued under the first key
+and renewed when half its life has passed. Channels (`PeerChannel`) are made once per peer and kept;
+each switches to a fresh connection with the new certificate when the material changes, and lets
+calls on the old one finish. In-process calls (`cynode.rpc.local`) never reach here: they do not
+leave the process, so there is nothing to authenticate.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
+import contextlib
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
-HEADER = "x-cynode-auth"
-MAX_SKEW_MS = 60_000
-_LABEL = b"cynode grpc peer auth v1"
+from .pki import LEAF_LIFETIME, PEER_NAME, derive_ca, issue_leaf
+
+log = logging.getLogger(__name__)
+
+OLD_CHANNEL_GRACE = 900.0
+"""Seconds calls on a channel replaced by new key material may still run before it is closed."""
+
+
+@dataclass(frozen=True)
+class _Material:
+    generation: int
+    trusted_pem: bytes  # every CA of the ring, concatenated
+    key_pem: bytes
+    certificate_pem: bytes
+    renew_at: float
 
 
 class PeerAuth:
-    def __init__(self, keys: tuple[bytes, ...], clock: Callable[[], float] = time.time) -> None:
-        self.replace_keys(keys)
+    def __init__(self, keys: tuple[bytes, ...], node_id: str = "", *, addresses: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time, lifetime: float = LEAF_LIFETIME) -> None:
+        """`node_id` goes into this node's certificate (default: a random `client-...` name, for tools);
+        `addresses` are hosts peers reach it at, added as extra names."""
+        self.node_id = node_id or f"client-{secrets.token_hex(4)}"
+        self._addresses = addresses
         self._clock = clock
+        self._lifetime = lifetime
+        self._lock = threading.Lock()  # the server's certificate fetcher runs on a gRPC thread
+        self._generation = 0
+        self._keys: tuple[bytes, ...] = ()
+        self.replace_keys(keys)
 
     def replace_keys(self, keys: tuple[bytes, ...]) -> None:
-        """Sign and verify with a new keyring from the next call on (SIGHUP reloads the key file)."""
+        """Trust and sign with a new keyring from the next handshake on (SIGHUP reloads the key file)."""
         if not keys:
             raise ValueError("PeerAuth needs at least one key")
-        self._signing = [hmac.new(k, _LABEL, hashlib.sha256).digest() for k in keys]
+        cas = [derive_ca(k) for k in keys]
+        with self._lock:
+            self._keys = tuple(keys)
+            self._cas = cas
+            self._material = self._issue()
+        log.info("peer TLS: certificate for %s under CA %s; trusting %d CA(s)", self.node_id, cas[0].fingerprint, len(cas))
 
-    def sign(self, method: str) -> str:
-        stamp = str(int(self._clock() * 1000))
-        nonce = secrets.token_hex(8)
-        mac = hmac.new(self._signing[0], f"{stamp}.{nonce}.{method}".encode(), hashlib.sha256).hexdigest()
-        return f"{stamp}.{nonce}.{mac}"
+    def _issue(self) -> _Material:
+        now = self._clock()
+        leaf = issue_leaf(self._cas[0], self.node_id, addresses=self._addresses, now=now, lifetime=self._lifetime)
+        self._generation += 1
+        return _Material(self._generation, b"".join(ca.pem for ca in self._cas), leaf.key_pem, leaf.certificate_pem,
+                         renew_at=now + self._lifetime / 2)
 
-    def verify(self, token: str | None, method: str) -> bool:
-        if not token:
-            return False
-        try:
-            stamp, nonce, mac = token.split(".")
-            skew = abs(int(self._clock() * 1000) - int(stamp))
-        except ValueError:
-            return False
-        if skew > MAX_SKEW_MS:
-            return False
-        message = f"{stamp}.{nonce}.{method}".encode()
-        return any(
-            hmac.compare_digest(hmac.new(k, message, hashlib.sha256).hexdigest(), mac) for k in self._signing
-        )
+    def material(self) -> _Material:
+        """The current key material, renewing the leaf certificate first when it is due."""
+        material = self._material
+        if self._clock() < material.renew_at:
+            return material
+        with self._lock:
+            if self._clock() >= self._material.renew_at:
+                self._material = self._issue()
+                log.info("peer TLS: renewed the certificate of %s", self.node_id)
+            return self._material
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        """An insecure-transport channel whose every call is signed."""
-        # One interceptor object per call shape: grpc.aio files each object under a single shape.
-        return grpc.aio.insecure_channel(
-            address, interceptors=[_UnarySigner(self), _StreamSigner(self)], options=_CHANNEL_OPTIONS
-        )
+    @property
+    def ca_fingerprints(self) -> tuple[str, ...]:
+        return tuple(ca.fingerprint for ca in self._cas)
 
-    def server_interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Verifier(self)
+    def channel(self, address: str) -> "PeerChannel":
+        """A channel to a peer's gRPC service, kept current with the key material."""
+        return PeerChannel(self, address)
+
+    # Server side.
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Credentials that require a client certificate from a CA of the ring; re-read on each handshake."""
+        served = [self.material()]
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            current = self.material()
+            if current.generation == served[0].generation:
+                return None  # keep the configuration in use
+            served[0] = current
+            return _server_configuration(current)
+
+        return grpc.dynamic_ssl_server_credentials(_server_configuration(served[0]), fetch,
+                                                   require_client_authentication=True)
+
+
+def _server_configuration(m: _Material) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(m.key_pem, m.certificate_pem)], root_certificates=m.trusted_pem)
+
+
+def peer_node_id(context) -> str | None:
+    """The node id in the certificate the caller presented (None in-process or without TLS)."""
+    try:
+        auth = context.auth_context()
+    except (AttributeError, NotImplementedError):
+        return None
+    names = auth.get("x509_common_name") or ()
+    return names[0].decode() if names else None
 
 
 _CHANNEL_OPTIONS = [
+    # Peers are dialled by address; every leaf certificate carries PEER_NAME, checked instead.
+    ("grpc.ssl_target_name_override", PEER_NAME),
     # gRPC's default reconnect backoff grows to 2 minutes; a restarted peer must be seen in seconds.
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
@@ -82,60 +146,94 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _signed(auth: PeerAuth, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    method = details.method.decode() if isinstance(details.method, bytes) else details.method
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    metadata.add(HEADER, auth.sign(method))
-    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials, details.wait_for_ready)
+class PeerChannel(grpc.aio.Channel):
+    """One peer's channel for as long as the caller keeps it. Stubs bind their methods once; each
+    call goes to the connection made with the current key material, so a renewed certificate or a
+    rotated key reaches channels already held, while calls on the previous connection finish."""
 
-
-class _UnarySigner(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, auth: PeerAuth) -> None:
+    def __init__(self, auth: PeerAuth, address: str) -> None:
         self._auth = auth
+        self._address = address
+        self._generation = -1
+        self._channel: grpc.aio.Channel | None = None
+        self._retiring: set[asyncio.Task] = set()
+        self._closed = False
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(_signed(self._auth, client_call_details), request)
+    def current(self) -> grpc.aio.Channel:
+        material = self._auth.material()
+        if material.generation != self._generation or self._channel is None:
+            previous = self._channel
+            credentials = grpc.ssl_channel_credentials(material.trusted_pem, material.key_pem, material.certificate_pem)
+            self._channel = grpc.aio.secure_channel(self._address, credentials, options=_CHANNEL_OPTIONS)
+            self._generation = material.generation
+            if previous is not None:
+                self._retire(previous)
+        return self._channel
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(channel.close(OLD_CHANNEL_GRACE))
+        except RuntimeError:  # no loop: nothing can be running on it either
+            return
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _method(self, kind: str, method: str, request_serializer=None, response_deserializer=None,
+                _registered_method: bool = False) -> "_Method":
+        return _Method(self, kind, method, request_serializer, response_deserializer)
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+        return self._method("unary_unary", method, request_serializer, response_deserializer)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+        return self._method("unary_stream", method, request_serializer, response_deserializer)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+        return self._method("stream_unary", method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+        return self._method("stream_stream", method, request_serializer, response_deserializer)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state) -> None:
+        await self.current().wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        self._closed = True
+        for task in list(self._retiring):
+            task.cancel()
+        if self._channel is not None:
+            await self._channel.close(grace)
+        for task in list(self._retiring):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def __aenter__(self) -> "PeerChannel":
+        return self
+
+    async def __aexit__(self, exc_type, exc_val, exc_tb) -> None:
+        await self.close(None)
 
 
-class _StreamSigner(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, auth: PeerAuth) -> None:
-        self._auth = auth
+class _Method:
+    """A stub's method: the multicallable of the channel's current connection, made once per connection."""
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_signed(self._auth, client_call_details), request)
+    __slots__ = ("_args", "_bound", "_channel", "_generation", "_kind")
 
+    def __init__(self, channel: PeerChannel, kind: str, *args) -> None:
+        self._channel, self._kind, self._args = channel, kind, args
+        self._generation, self._bound = -1, None
 
-class _Verifier(grpc.aio.ServerInterceptor):
-    def __init__(self, auth: PeerAuth) -> None:
-        self._auth = auth
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if handler is None or self._auth.verify(metadata.get(HEADER), handler_call_details.method):
-            return handler
-        return _refusing(handler)
-
-
-_REFUSAL = "peer authentication failed: this node does not share the caller's cluster key"
-
-
-async def _deny(request, context):
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
-
-
-async def _deny_stream(request, context):
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
-    yield  # pragma: no cover - makes this an async generator
-
-
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that refuses the call."""
-    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_deny_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_deny, **kwargs)
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(_deny_stream, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(_deny, **kwargs)
+    def __call__(self, *args, **kwargs):
+        current = self._channel.current()
+        if self._channel._generation != self._generation or self._bound is None:
+            method, serializer, deserializer = self._args
+            self._bound = getattr(current, self._kind)(method, request_serializer=serializer,
+                                                       response_deserializer=deserializer, _registered_method=True)
+            self._generation = self._channel._generation
+        return self._bound(*args, **kwargs)

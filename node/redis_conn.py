@@ -34,7 +34,8 @@ class _HiredisPacking(aioredis.Connection):
 
 
 class RedisConnection:
-    def __init__(self, url: str, cluster: str) -> None:
+    def __init__(self, url: str, cluster: str, options: dict | None = None) -> None:
+        """`options`: more connection options (TLS files, ACL user and password: `cynode.redis_tls`)."""
         self.url = url
         self.prefix = f"cynode:{cluster}:"
         # No socket_timeout: redis-py applies it with asyncio.wait_for, which on Python 3.11 can
@@ -46,6 +47,7 @@ class RedisConnection:
             socket_connect_timeout=2.0,
             health_check_interval=15,
             **fast,
+            **(options or {}),
         )
 
     def key(self, *parts: str) -> str:

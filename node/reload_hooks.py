@@ -4,8 +4,8 @@ Each reload is all or nothing: the file is read and validated first, and only a 
 what is in use; a bad one is logged, naming the file and the problem, and the node keeps the keys it
 had. Reloading never drops a connection or an open stream.
 
-The keyring reaches every part that holds cluster keys through `KeyConsumer` callables (today the
-gossip keyring and the gRPC peer signer; whatever replaces peer auth registers its own consumer), so
+The keyring reaches every part that holds cluster keys through `KeyConsumer` callables (the gossip
+keyring and the gRPC mTLS material of `cynode.peer_auth`), so
 rotating keys is three edits of the key file and three `systemctl reload`s, no restart:
 add the new key second everywhere, move it first everywhere, drop the old one.
 """

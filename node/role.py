@@ -46,14 +46,14 @@ class RoleContext:
     http_routes: "list[web.RouteDef]" = field(default_factory=list)
 
     def channel(self, address: str) -> "grpc.aio.Channel":
-        """A channel to a peer's service: in-process when this node serves it, else authenticated gRPC."""
+        """A channel to a peer's service: in-process when this node serves it, else mutually authenticated TLS (cynode.peer_auth)."""
         return self.local.channel(address) or self.peer_auth.channel(address)
 
     def rpc_server(self, role: str, listen: str) -> RpcServer:
         """The gRPC server of `role` ("worker", "coordinator"), reachable in-process too."""
         advertised = self.gossip.service_address(role) if self.gossip is not None else listen
         return RpcServer(role, listen, local=self.local, addresses=(advertised,),
-                         interceptors=[self.peer_auth.server_interceptor()])
+                         credentials=self.peer_auth.server_credentials())
 
 
 class Role(abc.ABC):

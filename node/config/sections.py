@@ -77,6 +77,16 @@ class RedisSection(Section):
     """Redis holding the leader lock, task queue and prompt cache."""
     embedded: bool = False
     """true: the daemon starts and supervises its own redis-server on the url's loopback address."""
+    username: str = ""
+    """Redis ACL user to log in as (AUTH user password); default: the url's user, else `default`."""
+    password_file: LocalPath | None = None
+    """File whose first line is the Redis password (mode 0600; keeps it out of node.toml and the url)."""
+    tls_ca_file: LocalPath | None = None
+    """rediss:// only: PEM CA certificate(s) the server's certificate must chain to; default: the system's."""
+    tls_cert_file: LocalPath | None = None
+    """rediss:// only: PEM client certificate, for a Redis that requires one (tls-auth-clients yes)."""
+    tls_key_file: LocalPath | None = None
+    """rediss:// only: PEM private key of tls_cert_file."""
 
     @field_validator("url")
     @classmethod
@@ -93,6 +103,13 @@ class RedisSection(Section):
                 raise ValueError(
                     f"embedded = true needs a loopback redis:// url (127.0.0.1, localhost or ::1), got {self.url!r}"
                 )
+            if self.username or self.password_file:
+                raise ValueError("username and password_file are for an external Redis; the embedded one has no ACL")
+        tls = [n for n in ("tls_ca_file", "tls_cert_file", "tls_key_file") if getattr(self, n) is not None]
+        if tls and not self.url.startswith("rediss://"):
+            raise ValueError(f"{', '.join(tls)} need a rediss:// url (TLS), got {self.url!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         return self
 
 
@@ -127,6 +144,24 @@ class GatewaySection(Section):
     """Clock skew allowed when checking a JWT's exp and nbf."""
     max_file_bytes: ByteSize = 64 * 1024 * 1024
     """Largest file POST /v1/files accepts (fine-tuning data, kept in Redis so every training worker reads it)."""
+    tls_cert_file: LocalPath | None = None
+    """PEM certificate (chain) to serve HTTPS with; re-read on SIGHUP. Default: plain HTTP."""
+    tls_key_file: LocalPath | None = None
+    """PEM private key of tls_cert_file."""
+    max_connections_per_client: int = Field(default=256, ge=1)
+    """Open connections one client address may hold; more are closed on arrival (before any auth)."""
+    requests_per_second_per_client: float = Field(default=200.0, ge=0)
+    """Requests per second one client address may send, in bursts of twice that; more get 429 (0: no limit)."""
+    header_timeout: Duration = 15.0
+    """A connection must send each request's headers within this of opening or of its last answer (slow clients)."""
+    body_timeout: Duration = 60.0
+    """A request's body must arrive within this once its headers have (slow clients get 408)."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "GatewaySection":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @field_validator("coordinator")
     @classmethod

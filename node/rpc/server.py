@@ -43,13 +43,17 @@ class _Capture:
 
 class RpcServer:
     def __init__(self, section: str, listen: str, *, local: LocalServices, addresses: Sequence[str],
-                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (), options: Sequence[tuple] = ()) -> None:
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (), options: Sequence[tuple] = (),
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         """`section` names the node.toml table in errors; `addresses` are those peers dial (the
-        advertised one, and the listen address itself) and under which co-located roles find it."""
+        advertised one, and the listen address itself) and under which co-located roles find it.
+        `credentials`: the port's TLS (a daemon always passes the cluster's mTLS, cynode.peer_auth);
+        None serves plaintext, for test harnesses only."""
         self._section = section
         self._listen = listen
         self._local = local
         self._addresses = tuple(dict.fromkeys((*addresses, listen)))
+        self._credentials = credentials
         self._server = grpc.aio.server(interceptors=list(interceptors), options=[*SERVER_OPTIONS, *options])
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -65,7 +69,10 @@ class RpcServer:
 
     async def start(self) -> None:
         try:
-            bound = self._server.add_insecure_port(self._listen)
+            if self._credentials is None:
+                bound = self._server.add_insecure_port(self._listen)
+            else:
+                bound = self._server.add_secure_port(self._listen, self._credentials)
         except RuntimeError:  # newer grpcio raises instead of returning 0
             bound = 0
         if bound == 0:

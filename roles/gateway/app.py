@@ -15,14 +15,17 @@ from . import openai_format as fmt
 from .auth import identify
 from . import files_api, fine_tuning_api
 from .chat import chat_completions
+from .guards import ClientGuards, guard_middleware
 from .keys_api import admin_routes
 from .state import LIMIT_HEADERS, GatewayState
 
 log = logging.getLogger(__name__)
 
 
-def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_metrics, identify], client_max_size=state.config.max_body_bytes)
+def build_app(state: GatewayState, node_routes: list[web.RouteDef], guards: ClientGuards | None = None) -> web.Application:
+    """`guards`: per-client limits checked inside the error mapping, before authentication (guards.py)."""
+    middlewares = [_errors_and_metrics, *([guard_middleware(guards)] if guards is not None else []), identify]
+    app = web.Application(middlewares=middlewares, client_max_size=state.config.max_body_bytes)
     app["state"] = state
     app.on_response_prepare.append(_limit_headers)
     app.add_routes([

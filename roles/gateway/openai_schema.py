@@ -80,6 +80,8 @@ def _load_slowly(body: bytes) -> Any:
         return json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         _fail(f"Invalid JSON body: {exc}", None, "invalid_json")
+    except RecursionError:  # "[[[[..." deeper than the parser goes: no request nests like that
+        _fail("Invalid JSON body: nested too deeply", None, "invalid_json")
 
 
 def _reject_constant(name: str) -> Any:

@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from cynode.config import split_host_port
-from cynode.errors import StartupError
+from cynode.errors import CynodeError, StartupError
 from cynode.http_routes import cluster_routes, node_routes
 from cynode.role import Role, RoleContext
 from cynode.tasks import BackgroundTasks
@@ -21,7 +21,9 @@ from .degraded import Degraded
 from .jwt_auth import JwtVerifier
 from .keys_store import RuntimeKeys
 from .limits import Limiter
+from .guards import ClientGuards, GuardedSite
 from .state import GatewayMetrics, GatewayState
+from .tls import GatewayTls
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,11 @@ class GatewayRole(Role):
         self._ctx = ctx
         self._config = ctx.config.gateway
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: GuardedSite | None = None
         self._state: GatewayState | None = None
         self._tasks = BackgroundTasks("gateway")
         self._draining = False
+        self._tls: GatewayTls | None = None
 
     async def start(self) -> None:
         keys = self._ctx.api_keys
@@ -58,7 +61,10 @@ class GatewayRole(Role):
                                             after=self._config.degraded_after)
         routes = (node_routes(self._ctx.telemetry, self._ctx.readiness)
                   + cluster_routes(self._ctx.gossip, keys, self._ctx.redis) + self._ctx.http_routes)
-        app = build_app(self._state, routes)
+        guards = ClientGuards(max_connections=self._config.max_connections_per_client,
+                              rate=self._config.requests_per_second_per_client,
+                              header_timeout=self._config.header_timeout, body_timeout=self._config.body_timeout)
+        app = build_app(self._state, routes, guards)
         if self._ctx.redis is not None:  # /v1/files and /v1/fine_tuning keep everything there
             app["training_store"] = TrainingStore(self._ctx.redis)
         # handler_cancellation: a client that disconnects cancels its handler at once, so a request
@@ -67,7 +73,13 @@ class GatewayRole(Role):
                                      handler_cancellation=True)
         await self._runner.setup()
         host, port = split_host_port(self._config.listen)
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        if self._config.tls_cert_file is not None:
+            try:
+                self._tls = GatewayTls(self._config.tls_cert_file, self._config.tls_key_file)
+            except CynodeError as exc:
+                raise StartupError(exc.message) from exc
+        self._site = GuardedSite(self._runner, host, port, guards=guards, reuse_address=True,
+                                 ssl_context=self._tls.context if self._tls else None)
         try:
             await self._site.start()
         except OSError as exc:
@@ -75,7 +87,15 @@ class GatewayRole(Role):
         self._tasks.spawn(upstream.leases.run(), "lease keeper")
         if self._state.degraded is not None:
             self._tasks.spawn(self._state.degraded.run(), "degraded-mode probe")
-        log.info("gateway listening on http://%s", self._config.listen)
+        log.info("gateway listening on %s://%s", "https" if self._tls else "http", self._config.listen)
+
+    async def reload(self) -> None:
+        if self._tls is None:
+            return
+        try:
+            log.info("gateway TLS reloaded: %s", self._tls.reload())
+        except CynodeError as exc:
+            log.error("gateway TLS not reloaded, keeping the previous certificate: %s", exc.message)
 
     async def _limiter(self, keys) -> Limiter | None:
         """Per-key limits and usage need Redis, shared by every gateway; a limit that could not be

@@ -58,7 +58,9 @@ def body(model: str, stream: bool, n: int = TOKENS) -> dict:
 
 def sim_node(workdir: Path, redis_url: str, **sim) -> CynodeProcess:
     extra = {"worker": {"backend": "sim", "max_concurrency": 1024, "sim": sim}, "cluster": {"name": workdir.name},
-             "node": {"log_level": "warning"}, "gateway": {"request_timeout": "120s"}}
+             "node": {"log_level": "warning"},
+             # The per-client request rate stays checked, but far above what one load generator sends.
+             "gateway": {"request_timeout": "120s", "requests_per_second_per_client": 1_000_000}}
     return CynodeProcess(workdir, redis_url=redis_url, models_dir=workdir / "models", extra=extra).start(timeout=60)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
+import sys
 
 import pytest
 
-from cynode.cluster_key import ensure_key_file, generate_key, load_keys
+from cynode.cli import main
+from cynode.cluster_key import ensure_key_file, generate_key, key_id, load_keys
 from cynode.errors import ConfigError
 
 
@@ -43,3 +46,24 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_keys(path)
+
+
+def test_cluster_key_steps_add_promote_retire_rewrite_the_file_and_never_print_a_key(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "cluster.key"
+    ensure_key_file(path)
+    (old,) = load_keys(path)
+    new_text = generate_key()
+    new = base64.b64decode(new_text)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(new_text + "\n"))
+    assert main(["cluster-key", "add", "--key-file", str(path)]) == 0
+    assert load_keys(path) == (old, new)
+    assert main(["cluster-key", "retire", key_id(old), "--key-file", str(path)]) == 1  # it still signs
+    assert main(["cluster-key", "promote", key_id(new), "--key-file", str(path)]) == 0
+    assert load_keys(path) == (new, old)
+    assert main(["cluster-key", "retire", key_id(old), "--key-file", str(path)]) == 0
+    assert load_keys(path) == (new,) and path.stat().st_mode & 0o777 == 0o600
+    assert main(["cluster-key", "list", "--key-file", str(path)]) == 0
+    assert main(["cluster-key", "promote", "000000000000", "--key-file", str(path)]) == 1
+    out = capsys.readouterr()
+    assert f"{key_id(new)}  signs and encrypts" in out.out
+    assert new_text not in out.out + out.err and base64.b64encode(old).decode() not in out.out + out.err

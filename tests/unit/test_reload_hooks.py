@@ -8,6 +8,7 @@ from cynode.api_keys import ApiKey, ApiKeyStore
 from cynode.cluster_key import generate_key
 from cynode.gossip import Keyring
 from cynode.peer_auth import PeerAuth
+from cynode.pki import derive_ca
 from cynode.reload_hooks import ReloadHooks, api_keys_hook, keyring_hook
 
 
@@ -19,13 +20,14 @@ def private(path, text):
 
 async def test_a_good_key_file_reaches_every_consumer_in_place(tmp_path):
     old, new = base64.b64decode(generate_key()), base64.b64decode(generate_key())
-    keyring, auth, stranger = Keyring([old]), PeerAuth((old,)), PeerAuth((new,))
+    keyring, auth = Keyring([old]), PeerAuth((old,))
     path = private(tmp_path / "cluster.key", f"{base64.b64encode(new).decode()}\n{base64.b64encode(old).decode()}\n")
     hooks = ReloadHooks()
     hooks.add("cluster keyring", keyring_hook(path, [keyring.replace, auth.replace_keys]))
     assert await hooks.run() == {"cluster keyring": None}
     assert keyring.primary == new and keyring.keys == (new, old)
-    assert auth.verify(stranger.sign("/m"), "/m")  # the new key is accepted from the next call on
+    # peer TLS: certificates under the new key's CA from the next handshake on, both CAs trusted
+    assert auth.ca_fingerprints == (derive_ca(new).fingerprint, derive_ca(old).fingerprint)
 
 
 async def test_a_bad_file_is_refused_and_the_others_still_reload(tmp_path):

@@ -1,0 +1,49 @@
+"""The `[redis]` TLS and ACL settings as redis-py connection options (`RedisConnection(options=...)`).
+
+`rediss://` turns TLS on (redis-py); the server's certificate is always verified, against
+`tls_ca_file` or the system's CAs, with its host name checked. `username` and the password read from
+`password_file` log in with AUTH user password (Redis 6 ACLs). The password never reaches a log line:
+errors name the file, and `safe_url` strips a password from the url.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config.sections import RedisSection
+from .errors import ConfigError
+
+
+def redis_options(section: RedisSection) -> dict[str, Any]:
+    """Keyword arguments for `redis.asyncio.Redis.from_url` beyond the url; ConfigError names the field."""
+    options: dict[str, Any] = {}
+    if section.username:
+        options["username"] = section.username
+    if section.password_file is not None:
+        options["password"] = read_password(section.password_file)
+    if section.url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
+        for name, option in (("tls_ca_file", "ssl_ca_certs"), ("tls_cert_file", "ssl_certfile"), ("tls_key_file", "ssl_keyfile")):
+            path = getattr(section, name)
+            if path is None:
+                continue
+            if not path.is_file():
+                raise ConfigError(f"[redis] {name}", [f"{path}: not a readable file"])
+            options[option] = str(path)
+    return options
+
+
+def read_password(path) -> str:
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError("[redis] password_file", [f"{path} is readable by other users; run `chmod 600 {path}`"])
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError("[redis] password_file", [f"{path} not found"]) from None
+    except PermissionError:
+        raise ConfigError("[redis] password_file", [f"{path}: permission denied"]) from None
+    password = lines[0].strip() if lines else ""
+    if not password:
+        raise ConfigError("[redis] password_file", [f"{path} is empty (the first line is the password)"])
+    return password
