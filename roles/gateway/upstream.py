@@ -79,6 +79,12 @@ class Upstream:
                 raise UnavailableError("no coordinator leader right now; retry shortly", retry_after=2)
             address = leader.address
         self._coordinator_address = address
+        channel = self._channels.get(address)
+        if channel is not None and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            # In reconnect backoff (up to seconds) from an earlier failure of this address: a leader
+            # that just took over there must be reached now, so dial it afresh.
+            del self._channels[address]
+            self.reports.spawn(channel.close(grace=None), "close a failed channel")
         self._coordinator = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
         return self._coordinator
 
