@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover gpu-check protos check-protos clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -52,6 +52,9 @@ bench-vllm: install-vllm
 
 bench-gossip: install
 	$(BIN)/python tests/bench/bench_gossip.py
+
+bench-failover: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_failover.py --rounds 2
 
 bench-training: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_training.py
