@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training gpu-check protos check-protos docs clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover gpu-check protos check-protos docs clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -55,6 +55,9 @@ bench-vllm: install-vllm
 
 bench-gossip: install
 	$(BIN)/python tests/bench/bench_gossip.py
+
+bench-failover: install
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_failover.py --rounds 2
 
 bench-training: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_training.py

@@ -211,6 +211,13 @@ class Daemon:
         return {name: started[name].readiness() if name in started else (False, "starting") for name in self._planned}
 
     async def _shutdown(self, *, drain: bool) -> None:
+        if drain:
+            # Hand over what a peer can take at once (leadership) before peers hear we leave.
+            for role in reversed(self._roles):
+                try:
+                    await asyncio.wait_for(role.begin_drain(), timeout=2.0)
+                except Exception:
+                    log.exception("starting to drain %s failed", role.name)
         if self._gossip is not None:
             # Leave gossip first: peers stop sending this node new work while its streams finish.
             await self._gossip.stop(graceful=drain)

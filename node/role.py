@@ -65,6 +65,10 @@ class Role(abc.ABC):
     async def start(self) -> None:
         """Bring the role up; return once it serves. Raise StartupError with a clear reason if it cannot."""
 
+    async def begin_drain(self) -> None:
+        """SIGTERM arrived: before any role drains, give up at once what a peer can take over (the
+        coordinator's leadership), so the hand-over does not wait for streams to finish."""
+
     async def drain(self, timeout: float) -> None:
         """Stop taking new work and wait up to `timeout` seconds for in-flight work to finish."""
 

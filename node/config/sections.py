@@ -217,8 +217,8 @@ class CoordinatorSection(Section):
     """How long a health check may take before it counts as failed."""
     max_retries: int = Field(default=3, ge=0)
     """Failed health checks in a row before a worker counts as unhealthy."""
-    leader_ttl: Duration = 10.0
-    """Lifetime of the leader lock; the leader renews it at a third of this."""
+    leader_ttl: Duration = Field(default=2.0, ge=0.3)
+    """Lifetime of the leader lock, renewed at a quarter of it: a killed leader is replaced within about this long."""
     task_queue: TaskQueueSection = TaskQueueSection()
     """Priority queue settings."""
     prompt_cache: PromptCacheSection = PromptCacheSection()

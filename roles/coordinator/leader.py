@@ -1,9 +1,22 @@
 """Leader election through a Redis lock with a fencing epoch (ARCHITECTURE section 5).
 
 Acquire is one Lua script: SET NX PX on the lock, INCR of the epoch, and the holder's record.
-The leader renews at a third of the TTL and stops acting the moment its renew deadline passes,
-even if Redis is unreachable: `is_leader` is computed from the last confirmed renewal, not from
-hope. Release on shutdown is compare-and-delete, so hand-over takes about one retry interval.
+The leader renews at a quarter of the TTL and stops acting two thirds of a TTL after the start of
+its last confirmed renewal, even if Redis is unreachable: `is_leader` is computed from the last
+confirmed renewal, not from hope. Redis lets the lock expire a full TTL after it, so a third of a
+TTL separates the old leader's last act from the earliest moment another node can acquire; every
+write also carries the epoch and is checked in Redis (fencing), which covers a leader paused for
+longer than that (SIGSTOP, a VM stall).
+
+How long a kill -9 of the leader takes to heal: the lock expires between 3/4 and 1 TTL after the
+kill; standbys sleep until the lock's PTTL says it expires (never longer than a sixth of the TTL,
+plus up to 100 ms of jitter so they don't stampede), so with the default 2 s TTL a standby leads
+1.5-2.2 s after the kill. A scheduling stall of the leader shorter than 2/3 - 1/4 of the TTL (830 ms
+by default) costs no renewal; a longer one makes the leader stop acting, and it takes its own lock
+back (with a new epoch) as soon as it can renew, if nobody else took it meanwhile.
+
+Graceful shutdown resigns first (`resign`: stop competing, compare-and-delete the lock), so a
+standby takes over within its poll interval, before the draining node has finished its streams.
 """
 
 from __future__ import annotations
@@ -22,8 +35,12 @@ from cynode.redis_conn import RedisConnection
 
 log = logging.getLogger(__name__)
 
+# A lock still holding our own value (we stopped acting after a stalled renewal, but nobody else took
+# it) is taken back under a new epoch: nobody else can have led since, so that is safe.
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local mine = redis.call('GET', KEYS[1]) == ARGV[1]
+if mine then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if mine or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'holder', ARGV[1], 'id', ARGV[3], 'address', ARGV[4], 'epoch', epoch)
@@ -71,6 +88,8 @@ class LeaderElection:
         self._on_change = on_change or (lambda leading, epoch: None)
         self._deadline = 0.0  # monotonic time until which we may act as leader
         self._hint = asyncio.Event()
+        self._resigned = False
+        self._resigned_event = asyncio.Event()
         self.epoch = 0
         self._acquire = redis.client.register_script(_ACQUIRE)
         self._renew = redis.client.register_script(_RENEW)
@@ -83,7 +102,7 @@ class LeaderElection:
     async def run(self) -> None:
         """Acquire, renew and re-acquire until cancelled."""
         was_leader = False
-        while True:
+        while not self._resigned:
             started = self._clock()
             try:
                 # A Redis that hangs must not hold us past our own deadline.
@@ -97,8 +116,11 @@ class LeaderElection:
                 self._on_change(leading, self.epoch)
                 was_leader = leading
             if leading:
-                # Renew at a third of the TTL, so two renewals can fail before the deadline passes.
-                await asyncio.sleep(max(0.05, self._ttl / 3 - (self._clock() - started)))
+                # Renew at a quarter of the TTL: a stall or a lost renewal shorter than 2/3 - 1/4 of
+                # the TTL passes without a hand-over.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.05, self._ttl / 4 - (self._clock() - started))):
+                        await self._resigned_event.wait()
             else:
                 self._hint.clear()
                 with contextlib.suppress(TimeoutError):
@@ -110,6 +132,8 @@ class LeaderElection:
         self._hint.set()
 
     async def _try_lock(self, was_leader: bool, started: float) -> None:
+        if self._resigned:
+            return
         if was_leader:
             if await self._renew(keys=self._keys[:1], args=[self._holder, int(self._ttl * 1000)]):
                 self._deadline = started + self._ttl * 2 / 3  # act only well inside the TTL
@@ -121,20 +145,31 @@ class LeaderElection:
         if epoch:
             self.epoch = epoch
             self._deadline = started + self._ttl * 2 / 3
+            if self._resigned:  # resign() ran while this acquire was on its way: give it back at once
+                await self.release()
 
     async def _standby_pause(self) -> float:
-        """Sleep until the lock should expire, but never longer than a sixth of the TTL (a released
-        lock is noticed fast: graceful hand-over), with jitter so standbys don't stampede."""
+        """Sleep until the lock should expire, but never longer than a sixth of the TTL or half a
+        second (a released lock is noticed fast: graceful hand-over), with jitter so standbys don't
+        stampede."""
         try:
             async with asyncio.timeout(1.0):
                 remaining_ms = await self._redis.client.pttl(self._keys[0])
         except (redis.exceptions.RedisError, TimeoutError):
             remaining_ms = -1
-        cap = self._ttl / 6
+        cap = min(self._ttl / 6, 0.5)
         if remaining_ms == -2:  # freed since our try: go again almost at once
             return random.uniform(0.01, 0.05)
         pause = min(remaining_ms / 1000, cap) if remaining_ms > 0 else cap
         return max(0.02, pause) + random.uniform(0, 0.1)
+
+    async def resign(self) -> None:
+        """Stop competing for the lock and release it if we hold it (graceful shutdown): a standby
+        takes over within its poll interval. `run` returns at its next turn."""
+        self._resigned = True
+        self._resigned_event.set()
+        self._hint.set()
+        await self.release()
 
     async def release(self) -> None:
         if self.epoch and self._deadline:

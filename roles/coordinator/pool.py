@@ -72,6 +72,12 @@ class WorkerState:
         return self.weight * (0.1 + 0.9 * max(0.0, 1.0 - self.load))
 
 
+def _in_backoff(channel) -> bool:
+    """A network channel waiting out gRPC's reconnect backoff (in-process channels never are)."""
+    get_state = getattr(channel, "get_state", None)
+    return get_state is not None and get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
 class WorkerPool:
     def __init__(
         self,
@@ -98,6 +104,11 @@ class WorkerPool:
         if existing is not None and existing.address != address:  # restarted elsewhere: new channel
             self.workers.pop(worker_id)
             self._close_channel(existing)
+        elif existing is not None and not existing.healthy and _in_backoff(existing.channel):
+            # Gossip says it is back (restarted in place) while our channel sits in reconnect backoff
+            # (up to seconds): dial it afresh so its capacity returns at the next health check.
+            self._close_channel(existing)
+            existing.channel = self._channel_factory(address)
         if worker_id not in self.workers:
             breaker = CircuitBreaker(self._breaker, self._clock) if self._clock else CircuitBreaker(self._breaker)
             self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address),

@@ -106,6 +106,8 @@ class CoordinatorRole(Role):
             if "coordinator" in meta.get("roles", []):
                 self._election.hint()  # maybe the leader: look at the lock now rather than later
         else:
+            if event.kind == "suspect" and "coordinator" in event.member.meta.get("roles", []):
+                self._election.hint()  # a suspected leader may be gone: a standby looks at the lock now
             self._track(event.member)
 
     def _track(self, member) -> None:
@@ -126,6 +128,13 @@ class CoordinatorRole(Role):
             self._tasks.spawn(self._dispatcher.rebuild(), "lease rebuild")
         else:
             self._dispatcher.step_down(FencedError("leadership lost; ask the new leader"))
+
+    async def begin_drain(self) -> None:
+        # Hand leadership over now: a standby leads within its poll interval while we drain.
+        leading = self._election.is_leader
+        await self._election.resign()
+        if leading:
+            self._leadership_changed(False, self._election.epoch)
 
     async def drain(self, timeout: float) -> None:
         # Admit/Complete calls are short; a grace of a few seconds lets gateways finish their reports.

@@ -41,6 +41,12 @@ def _failover(exc: BaseException) -> bool:
     return isinstance(exc, UnavailableError) and not isinstance(exc, (CapacityError, TaskEndedError))
 
 
+def _in_backoff(channel) -> bool:
+    """A network channel waiting out gRPC's reconnect backoff (in-process channels never are)."""
+    get_state = getattr(channel, "get_state", None)
+    return get_state is not None and get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
 class Upstream:
     def __init__(self, channel_factory: Callable[[str], grpc.aio.Channel], redis: RedisConnection | None,
                  static_coordinator: str) -> None:
@@ -79,6 +85,12 @@ class Upstream:
                 raise UnavailableError("no coordinator leader right now; retry shortly", retry_after=2)
             address = leader.address
         self._coordinator_address = address
+        channel = self._channels.get(address)
+        if _in_backoff(channel):
+            # In reconnect backoff (up to seconds) from an earlier failure of this address: a leader
+            # that just took over there must be reached now, so dial it afresh.
+            del self._channels[address]
+            self.reports.spawn(channel.close(grace=None), "close a failed channel")
         self._coordinator = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
         return self._coordinator
 

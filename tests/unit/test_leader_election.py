@@ -82,3 +82,54 @@ async def test_a_deposed_leader_cannot_queue_or_claim_tasks(redis_server):
             await new_task
     finally:
         await conn.close()
+
+
+async def test_resign_hands_the_lock_over_within_the_standby_poll_and_stops_competing(redis_server):
+    cluster = f"resign-{id(object())}"
+    conns = [RedisConnection(redis_server.url, cluster) for _ in range(2)]
+    # A long TTL: the standby can only lead soon if the lock was released.
+    elections = [LeaderElection(c, node_id=f"n{i}", boot_id="b", address=f"a{i}", ttl=30.0) for i, c in enumerate(conns)]
+    tasks = [asyncio.create_task(elections[0].run())]
+    try:
+        await _until(lambda: elections[0].is_leader)
+        tasks.append(asyncio.create_task(elections[1].run()))
+        await asyncio.sleep(0.2)
+        assert not elections[1].is_leader
+        loop = asyncio.get_running_loop()
+        resigned_at = loop.time()
+        await elections[0].resign()
+        assert not elections[0].is_leader
+        await _until(lambda: elections[1].is_leader, timeout=2.0)  # half a second of polling, not 5 s
+        assert elections[1].epoch > elections[0].epoch
+        # The resigned candidate's loop ends and never takes the lock again.
+        await asyncio.wait_for(tasks[0], 5)
+        await elections[1].resign()
+        await asyncio.sleep(0.3)
+        assert (await read_leader(conns[0])) is None
+        print(f"hand-over after resign: {loop.time() - resigned_at:.2f}s")
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in conns:
+            await conn.close()
+
+
+async def test_a_leader_that_stopped_acting_takes_its_own_lock_back_under_a_new_epoch(redis_server):
+    conn = RedisConnection(redis_server.url, f"retake-{id(object())}")
+    now = {"t": 0.0}
+    election = LeaderElection(conn, node_id="n", boot_id="b", address="a", ttl=30.0, clock=lambda: now["t"])
+    try:
+        await election._try_lock(False, now["t"])
+        first = election.epoch
+        assert election.is_leader and first > 0
+        now["t"] += 25  # a stall past our own deadline: we stop acting, but the lock (30 s) is still ours
+        assert not election.is_leader
+        await election._try_lock(False, now["t"])
+        assert election.is_leader and election.epoch == first + 1
+        other = LeaderElection(conn, node_id="m", boot_id="c", address="b", ttl=30.0)
+        await other._try_lock(False, 0.0)
+        assert other.epoch == 0, "someone else's lock is never taken"
+    finally:
+        await conn.close()
