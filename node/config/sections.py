@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -109,6 +109,8 @@ class GatewaySection(Section):
     """Largest request body accepted."""
     request_timeout: Duration = 600.0
     """Longest a single completion may take end to end."""
+    sse_keepalive: Annotated[Duration, Field(gt=0)] = 10.0
+    """A stream whose first token takes longer than this starts anyway with SSE keep-alive comments, repeated at this interval, so proxies neither buffer nor time out (errors after that come as an error event)."""
 
     @field_validator("coordinator")
     @classmethod

@@ -40,6 +40,11 @@ class WorkerStub:
                 request_serializer=cynode_dot_rpc_dot_worker__pb2.PredictRequest.SerializeToString,
                 response_deserializer=cynode_dot_rpc_dot_worker__pb2.PredictChunk.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/cynode.v1.Worker/Embed',
+                request_serializer=cynode_dot_rpc_dot_worker__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=cynode_dot_rpc_dot_worker__pb2.EmbedReply.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/cynode.v1.Worker/Health',
                 request_serializer=cynode_dot_rpc_dot_worker__pb2.HealthRequest.SerializeToString,
@@ -68,6 +73,13 @@ class WorkerServicer:
     def Predict(self, request, context):
         """Generate for one request; one chunk per decoded text delta, the last carries finish_reason
         and usage. Cancelling the call aborts generation and frees the slot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embed texts with an embedding model (one vector per input, L2-normalised).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +120,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=cynode_dot_rpc_dot_worker__pb2.PredictRequest.FromString,
                     response_serializer=cynode_dot_rpc_dot_worker__pb2.PredictChunk.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=cynode_dot_rpc_dot_worker__pb2.EmbedRequest.FromString,
+                    response_serializer=cynode_dot_rpc_dot_worker__pb2.EmbedReply.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -157,6 +174,33 @@ class Worker:
             '/cynode.v1.Worker/Predict',
             cynode_dot_rpc_dot_worker__pb2.PredictRequest.SerializeToString,
             cynode_dot_rpc_dot_worker__pb2.PredictChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cynode.v1.Worker/Embed',
+            cynode_dot_rpc_dot_worker__pb2.EmbedRequest.SerializeToString,
+            cynode_dot_rpc_dot_worker__pb2.EmbedReply.FromString,
             options,
             channel_credentials,
             insecure,

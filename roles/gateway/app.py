@@ -13,6 +13,10 @@ from cynode.rpc import common_pb2, coordinator_pb2
 
 from . import openai_format as fmt
 from .chat import chat_completions
+from .completions_api import completions
+from .embeddings_api import embeddings
+from .models_api import get_model
+from .openapi import openapi_json
 from .state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -23,8 +27,12 @@ def build_app(state: GatewayState, node_routes: list[web.RouteDef]) -> web.Appli
     app["state"] = state
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.post("/v1/embeddings", embeddings),
         web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", get_model),
         web.get("/v1/cluster/status", cluster_status),
+        web.get("/openapi.json", openapi_json),
         *node_routes,
     ])
     return app

@@ -269,12 +269,28 @@ def test_stop_of_the_wrong_type_is_refused():
     assert refused(body(stop={"a": 1})).param == "stop"
 
 
-# --- things we do not do yet ------------------------------------------------------------------
+# --- choices -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n", [2, 0, True, "1"])
-def test_only_one_choice_is_supported(n):
+def test_n_asks_for_that_many_choices():
+    assert parse_chat_request(body(n=3)).n == 3
+
+
+@pytest.mark.parametrize("n, code", [(0, "invalid_value"), (17, "invalid_value"), (True, "invalid_type"),
+                                     ("1", "invalid_type"), (1.5, "invalid_type")])
+def test_n_outside_one_to_sixteen_is_refused(n, code):
     error = refused(body(n=n))
-    assert error.message.startswith("only n=1 is supported") and error.param == "n"
+    assert error.param == "n" and error.code == code
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert parse_chat_request(body(max_tokens=5, max_completion_tokens=9)).sampling.max_tokens == 9
+
+
+def test_include_usage_is_read_from_stream_options():
+    assert parse_chat_request(body(stream=True, stream_options={"include_usage": True})).include_usage
+
+
+# --- things we do not do yet ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("field, value", [
