@@ -17,7 +17,7 @@ import orjson
 
 from cynode.errors import RequestError
 from cynode.inference import ChatMessage
-from cynode.sampling import RULES, SamplingParams, check_stop, check_value
+from cynode.sampling import MAX_LOGPROBS, RULES, SamplingParams, check_stop, check_value
 
 __all__ = ["MAX_CHOICES", "MAX_EMBEDDING_INPUTS", "ROLES", "ChatCompletionRequest", "CompletionRequest",
            "EmbeddingRequest", "parse_chat_request", "parse_completion_request", "parse_embedding_request"]
@@ -108,12 +108,17 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     stream = _bool(data, "stream", default=False)
     include_usage = _stream_options(data.get("stream_options"), stream)
     _refuse_unsupported(data, _UNSUPPORTED)
+    sampling = _sampling(data)
+    if _bool(data, "logprobs", default=False):
+        sampling = replace(sampling, logprobs=_top_logprobs(data.get("top_logprobs"), "top_logprobs"))
+    elif data.get("top_logprobs") is not None:
+        _fail("top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
     return ChatCompletionRequest(
         model=model,
         messages=_messages(data.get("messages")),
         stream=stream,
         include_usage=include_usage,
-        sampling=_sampling(data),
+        sampling=sampling,
         user=_user(data),
         n=_n(data, 1),
     )
@@ -142,10 +147,27 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
               "unsupported_parameter")
     echo = _bool(data, "echo", default=False)
     sampling = _sampling(data)
+    if data.get("logprobs") is not None:
+        if echo:
+            # That would need the prompt tokens' log probabilities, which no engine here returns.
+            _fail("logprobs with echo is not supported (the prompt's log probabilities are not computed)",
+                  "logprobs", "unsupported_parameter")
+        sampling = replace(sampling, logprobs=_top_logprobs(data.get("logprobs"), "logprobs"))
     if sampling.max_tokens is None:
         sampling = replace(sampling, max_tokens=COMPLETIONS_MAX_TOKENS)
     return CompletionRequest(model=model, prompts=prompts, stream=stream, include_usage=include_usage,
                              sampling=sampling, user=_user(data), n=n, echo=echo)
+
+
+def _top_logprobs(value: Any, name: str) -> int:
+    """How many alternatives per token (0 to MAX_LOGPROBS); not given is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(f"{name} must be an integer; got {_show(value)}", name, "invalid_type")
+    if not 0 <= value <= MAX_LOGPROBS:
+        _fail(f"{name} must be between 0 and {MAX_LOGPROBS}; got {_show(value)}", name, "invalid_value")
+    return value
 
 
 def _model(data: dict[str, Any]) -> str:
@@ -329,8 +351,6 @@ def _stop(value: Any) -> tuple[str, ...]:
 
 # Parameters we accept only at their default value, mapped to "is this value the default?".
 _UNSUPPORTED = {
-    "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0),
     "tools": lambda v: v in (None, []),
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "functions": lambda v: v in (None, []),
@@ -341,7 +361,6 @@ _UNSUPPORTED = {
     "modalities": lambda v: v in (None, ["text"]),
 }
 _UNSUPPORTED_COMPLETIONS = {
-    "logprobs": lambda v: v is None,
     "logit_bias": lambda v: v in (None, {}),
 }
 

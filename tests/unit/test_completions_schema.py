@@ -78,6 +78,14 @@ def test_stream_options_need_stream():
     assert parse_completion_request(body(stream=True, stream_options={"include_usage": True})).include_usage
 
 
+def test_logprobs_ask_for_that_many_alternatives_but_not_with_echo():
+    assert parse_completion_request(body(logprobs=2)).sampling.logprobs == 2
+    assert parse_completion_request(body(logprobs=0)).sampling.logprobs == 0
+    assert parse_completion_request(body()).sampling.logprobs is None
+    assert refused(body(logprobs=2, echo=True)).code == "unsupported_parameter"
+    assert refused(body(logprobs=25)).param == "logprobs"
+
+
 def test_logit_bias_is_refused_rather_than_ignored():
     assert refused(body(logit_bias={"1": 5})).param == "logit_bias"
 

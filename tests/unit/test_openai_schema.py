@@ -293,9 +293,20 @@ def test_include_usage_is_read_from_stream_options():
 # --- things we do not do yet ------------------------------------------------------------------
 
 
+def test_logprobs_ask_for_the_top_alternatives_or_none():
+    assert parse_chat_request(body(logprobs=True, top_logprobs=3)).sampling.logprobs == 3
+    assert parse_chat_request(body(logprobs=True)).sampling.logprobs == 0
+    assert parse_chat_request(body(logprobs=False)).sampling.logprobs is None
+
+
+@pytest.mark.parametrize("fields, param", [({"top_logprobs": 2}, "top_logprobs"),
+                                           ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                           ({"logprobs": 1}, "logprobs")])
+def test_bad_logprobs_are_refused(fields, param):
+    assert refused(body(**fields)).param == param
+
+
 @pytest.mark.parametrize("field, value", [
-    ("logprobs", True),
-    ("top_logprobs", 3),
     ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ("tool_choice", "required"),
     ("response_format", {"type": "json_object"}),
