@@ -246,3 +246,34 @@ def test_the_openapi_document_lists_every_endpoint(node):
     document = httpx.get(f"{node.base_url}/openapi.json", timeout=30).json()
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/{model}"):
         assert path in document["paths"]
+
+
+# --- logprobs ---------------------------------------------------------------------------------
+
+def test_chat_logprobs_come_with_each_token(client):
+    completion = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0,
+                                                logprobs=True, top_logprobs=2)
+    content = completion.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == completion.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in content)
+
+
+def test_streamed_chat_logprobs_ride_with_their_chunks(client):
+    stream = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, stream=True,
+                                            logprobs=True)
+    text, tokens = "", ""
+    for chunk in stream:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            if choice.logprobs and choice.logprobs.content:
+                tokens += "".join(t.token for t in choice.logprobs.content)
+    assert text and tokens == text
+
+
+def test_completion_logprobs_are_in_the_legacy_shape(client):
+    completion = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5,
+                                           temperature=0, logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    assert "".join(logprobs.tokens) == completion.choices[0].text
+    assert len(logprobs.token_logprobs) == len(logprobs.tokens) == len(logprobs.top_logprobs)
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs) and logprobs.text_offset[0] == 0
