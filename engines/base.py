@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cynode.errors import RequestError
-from cynode.inference import ChatMessage, Usage
+from cynode.inference import ChatMessage, TokenLogprob, Usage
 from cynode.sampling import SamplingParams
 
 __all__ = ["ChatMessage", "EngineHealth", "GenerationRequest", "InferenceEngine", "ModelCard", "SamplingParams",
@@ -56,6 +56,8 @@ class TokenDelta:
     token_ids: tuple[int, ...] = ()
     finish_reason: str | None = None
     usage: Usage | None = None
+    # One per token of `token_ids` when the request asked for log probabilities (sampling.logprobs).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

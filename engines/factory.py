@@ -55,6 +55,20 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
     return create
 
 
+def _embedding(device: str) -> Callable[..., InferenceEngine]:
+    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
+               sim: Mapping[str, Any]) -> InferenceEngine:
+        try:
+            from cynode.engines.embedding_engine import EmbeddingEngine
+        except ImportError as exc:
+            raise EngineError(f"embedding model {spec.id!r} needs torch and transformers ({exc}); "
+                              "install them with `pip install 'cynode[cpu]'`") from exc
+        return EmbeddingEngine(_model_dir(spec, models_dir), spec.id, aliases=spec.aliases, backend=backend,
+                               device=device)
+
+    return create
+
+
 def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
          sim: Mapping[str, Any]) -> InferenceEngine:
     from cynode.engines.sim_engine import SimEngine
@@ -111,6 +125,9 @@ _ENGINES: dict[str, Callable[..., InferenceEngine]] = {
     "ascend-mindie": _not_yet,
     "cuda-trtllm": _not_yet,
     "sim": _sim,  # benchmarking only: never chosen by "auto"
+    "cpu-embedding": _embedding("cpu"),
+    "cuda-embedding": _embedding("cuda"),
+    "ascend-embedding": _embedding("npu"),
 }
 
 
@@ -123,6 +140,8 @@ def backend_for(worker_backend: str, spec: ModelSpec, *, probe: Probe | None = N
     worker_backend = select_backend(worker_backend, probe=probe)
     if spec.engine == "sim" or worker_backend == "sim":
         return "sim"
+    if spec.engine == "embedding":  # whatever engine the chat models use, embeddings run on transformers
+        return f"{worker_backend.split('-')[0]}-embedding"
     if spec.source_kind == "builtin":
         return worker_backend
     family = worker_backend.split("-")[0]

@@ -34,7 +34,7 @@ from cynode.engines.platform import BACKENDS
 from cynode.errors import ConfigError, EngineError
 from cynode.sampling import RULES, SamplingParams, check_stop, check_value
 
-ENGINES = ("transformers", "vllm", "sim")
+ENGINES = ("transformers", "vllm", "sim", "embedding")  # "embedding": a sentence-transformers folder
 SOURCE_KINDS = ("builtin", "folder", "gguf", "none")
 # "auto": the backend's own default (float32 on CPU for transformers, the checkpoint's dtype for vLLM).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -63,6 +63,17 @@ def builtin_spec() -> ModelSpec:
     return ModelSpec(id=BUILTIN_MODEL_ID, aliases=BUILTIN_ALIASES, source_kind="builtin", tags=("chat",))
 
 
+def builtin_embedding_spec() -> ModelSpec | None:
+    """The built-in embedding model (all-MiniLM-L6-v2 from its wheel), or None without the wheel."""
+    from cynode.engines.embedding_model import BUILTIN_EMBEDDING_ALIASES, BUILTIN_EMBEDDING_ID, find_embedding_model
+
+    folder = find_embedding_model()
+    if folder is None:
+        return None
+    return ModelSpec(id=BUILTIN_EMBEDDING_ID, aliases=BUILTIN_EMBEDDING_ALIASES, source_kind="folder", path=folder,
+                     engine="embedding", tags=("embedding",))
+
+
 def sim_spec() -> ModelSpec:
     """What a worker whose backend is `sim` serves: the model "sim", with no weights."""
     return ModelSpec(id="sim", engine="sim", source_kind="none")
@@ -85,6 +96,12 @@ class ModelRegistry:
             self._specs = (builtin, *self._specs)
             for name in builtin.names:
                 self._by_name.setdefault(name, builtin)
+        # The built-in embedding model is served next to the chat model unless a name of it is taken.
+        embedding = builtin_embedding_spec() if builtin else None
+        if embedding is not None and not any(name in self._by_name for name in embedding.names):
+            self._specs = (*self._specs, embedding)
+            for name in embedding.names:
+                self._by_name[name] = embedding
 
     @classmethod
     def load(cls, path: Path | None) -> ModelRegistry:

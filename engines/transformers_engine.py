@@ -29,7 +29,7 @@ from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine
 from cynode.engines.batcher import ContinuousBatcher, Sequence
 from cynode.engines.detokenizer import DeltaAssembler
 from cynode.engines.base import check_sampling
-from cynode.engines.sampling import TokenSampler
+from cynode.engines.logprobs import LogprobTracker, sampler_for
 from cynode.errors import EngineError, RequestError
 
 
@@ -179,7 +179,9 @@ class TransformersEngine(InferenceEngine):
 
         batcher = self._batcher
         stream = _Stream(asyncio.get_running_loop())
-        stream.seq = Sequence(request.request_id, input_ids, max_new, TokenSampler(params, input_ids), stream.push)
+        sampler = sampler_for(params, input_ids)  # records log probabilities when they are asked for
+        logprobs = LogprobTracker(sampler, self._tokenizer, skip_ids=self._eos_ids)
+        stream.seq = Sequence(request.request_id, input_ids, max_new, sampler, stream.push)
         out = DeltaAssembler(self._tokenizer, stop=params.stop, prompt_tokens=prompt_len, max_new=max_new,
                              eos_ids=self._eos_ids)
         self._streams.setdefault(request.request_id, []).append(stream)
@@ -199,9 +201,9 @@ class TransformersEngine(InferenceEngine):
                 if out.stopped:
                     break
                 if delta is not None:
-                    yield delta
+                    yield logprobs.attach(delta)
             batcher.cancel(stream.seq)  # free the place before the consumer reads the last delta
-            yield out.finish(ended)
+            yield logprobs.attach(out.finish(ended))
         finally:
             # Reached on normal end, on aclose() and on cancellation alike: the sequence leaves the
             # batch before the next decode step.

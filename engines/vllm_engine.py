@@ -319,6 +319,7 @@ class VllmEngine(InferenceEngine):
                 yield TokenDelta(text="", finish_reason="abort", usage=usage)
                 return
             produced, pending, last = 0, [], None
+            pending_logprobs: list = []  # vLLM's {token id: Logprob} per pending token, when asked for
             outputs = llm.generate(vllm.tokens_input(prompt_ids), vllm_params, request.request_id,
                                    lora_request=lora)
             # aclosing: when our consumer closes us early, vLLM's generator is closed at once too,
@@ -329,6 +330,8 @@ class VllmEngine(InferenceEngine):
                         last = out.outputs[0]
                         produced += len(last.token_ids)
                         pending.extend(last.token_ids)
+                        if params.logprobs is not None and last.logprobs:
+                            pending_logprobs.extend(last.logprobs)
                         if stream.aborted and not out.finished:
                             # abort() came while vLLM was still registering the request: say it again.
                             stream.aborted = False
@@ -337,8 +340,9 @@ class VllmEngine(InferenceEngine):
                         # vLLM's generator ends right after it (leaving it early would make vLLM send
                         # the engine core a needless abort).
                         if not out.finished and last.text:
-                            yield TokenDelta(text=last.text, token_ids=tuple(pending))
-                            pending = []
+                            yield TokenDelta(text=last.text, token_ids=tuple(pending),
+                                             logprobs=self._logprobs(pending, pending_logprobs, params))
+                            pending, pending_logprobs = [], []
                 except (RequestError, EngineError, GeneratorExit, asyncio.CancelledError):
                     raise
                 except vllm.dead_error as exc:
@@ -357,7 +361,8 @@ class VllmEngine(InferenceEngine):
             usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens(
                 produced, vllm_reason, last.stop_reason if last is not None else None))
             yield TokenDelta(text=last.text if last is not None else "", token_ids=tuple(pending),
-                             finish_reason=finish, usage=usage)
+                             finish_reason=finish, usage=usage,
+                             logprobs=self._logprobs(pending, pending_logprobs, params))
         finally:
             streams = self._streams.get(stream.request_id, [])
             streams = [s for s in streams if s is not stream]
@@ -365,6 +370,14 @@ class VllmEngine(InferenceEngine):
                 self._streams[stream.request_id] = streams
             else:
                 self._streams.pop(stream.request_id, None)
+
+    def _logprobs(self, token_ids: list[int], maps: list, params) -> tuple:
+        if params.logprobs is None or not maps:
+            return ()
+        from cynode.engines.logprobs import from_vllm
+
+        eos = getattr(self._tokenizer, "eos_token_id", None)
+        return from_vllm(token_ids, maps, params.logprobs, self._tokenizer, skip_ids=() if eos is None else (eos,))
 
     def _encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids, a migrated request's continuation included (it counts as prompt and is

@@ -101,6 +101,7 @@ def sampling_kwargs(s: SamplingParams, max_tokens: int) -> dict:
         frequency_penalty=s.frequency_penalty,
         repetition_penalty=s.repetition_penalty,
         skip_special_tokens=True,
+        logprobs=s.logprobs,  # None: none; N: the sampled token's and the N most likely (cynode.engines.logprobs)
     )
 
 

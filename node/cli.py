@@ -160,7 +160,13 @@ def _config(args: argparse.Namespace) -> int:
 def _cluster_view(args: argparse.Namespace) -> int:
     import json
 
-    from .cluster_cli import admin_key_from_file, default_url, fetch, render_members, render_status
+    from .cluster_cli import (
+        admin_key_from_file,
+        default_url,
+        fetch,
+        render_members,
+        render_status,
+    )
     from .config import load_config
 
     config = load_config(args.config, os.environ)

@@ -25,13 +25,13 @@ from .cluster_key import ensure_key_file, load_keys
 from .config import NodeConfig, split_host_port
 from .embedded_redis import EmbeddedRedis
 from .errors import CynodeError, StartupError
-from .http_routes import cluster_routes, node_routes
 from .gossip_agent import GossipAgent
+from .http_routes import cluster_routes, node_routes
+from .operations import Operations
 from .peer_auth import PeerAuth
 from .redis_conn import RedisConnection, safe_url
 from .redis_tls import redis_options
 from .role import Role, RoleContext
-from .operations import Operations
 from .rpc.local import LocalServices
 from .systemd import Notifier, status_line
 from .tasks import BackgroundTasks

@@ -90,13 +90,6 @@ class CapacityError(UnavailableError):
     code = "queue_full"
 
 
-class RateLimitError(UnavailableError):
-    """One client address sent more requests than the gateway allows it; retry after `retry_after` s."""
-
-    status = 429
-    code = "rate_limit_exceeded"
-
-
 class QueueFullError(CapacityError):
     """The task queue already holds `max_size` tasks."""
 
@@ -106,7 +99,8 @@ class QueueFullError(CapacityError):
 
 
 class RateLimitError(UnavailableError):
-    """An API key's limit is reached; `headers` are the `x-ratelimit-*` headers for the answer."""
+    """A limit is reached (an API key's, or one client address's before authentication); retry after
+    `retry_after` s. `headers` are the `x-ratelimit-*` headers for the answer."""
 
     status = 429
     code = "rate_limit_exceeded"

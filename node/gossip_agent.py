@@ -20,8 +20,18 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from cynode.gossip import (Event, GossipError, GossipNode, JoinError, Keyring, Member, NameConflict,
-                           NameConflictError, UdpTransport, preset)
+from cynode.gossip import (
+    Event,
+    GossipError,
+    GossipNode,
+    JoinError,
+    Keyring,
+    Member,
+    NameConflict,
+    NameConflictError,
+    UdpTransport,
+    preset,
+)
 
 from . import __version__
 from .config import NodeConfig, connect_host, join_host_port, split_host_port

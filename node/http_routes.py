@@ -45,8 +45,8 @@ def node_routes(telemetry: Telemetry, readiness: Readiness) -> list[web.RouteDef
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
 
 
-def cluster_routes(gossip: "GossipAgent | None", api_keys: ApiKeyStore,
-                   redis: "RedisConnection | None" = None) -> list[web.RouteDef]:
+def cluster_routes(gossip: GossipAgent | None, api_keys: ApiKeyStore,
+                   redis: RedisConnection | None = None) -> list[web.RouteDef]:
     """Every node's view of the cluster (admin key). The leader comes from Redis where this node
     has a connection, else from what coordinators publish in gossip."""
 
@@ -73,7 +73,7 @@ def cluster_routes(gossip: "GossipAgent | None", api_keys: ApiKeyStore,
     return [web.get("/v1/cluster/members", members), web.get("/v1/cluster/leader", leader)]
 
 
-def leader_from_gossip(gossip: "GossipAgent | None") -> LeaderInfo | None:
+def leader_from_gossip(gossip: GossipAgent | None) -> LeaderInfo | None:
     """The live coordinator announcing the highest leader epoch in its gossip metadata."""
     return leader_among(gossip.members_raw() if gossip else ())
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ChatMessage", "Usage"]
+__all__ = ["ChatMessage", "TokenLogprob", "TopLogprob", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +25,23 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One likely token at a position: its text, log probability and UTF-8 bytes (a token may hold
+    part of a character, so the bytes say more than the text)."""
+
+    token: str
+    logprob: float
+    bytes: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log probability, and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    bytes: bytes = b""
+    top: tuple[TopLogprob, ...] = ()

@@ -57,7 +57,9 @@ def add_parser(commands) -> None:
 
 
 def _lifetime(text: str) -> int:
-    from .config.types import parse_duration  # on use: `cynode --help` imports no pydantic
+    from .config.types import (
+        parse_duration,  # on use: `cynode --help` imports no pydantic
+    )
 
     text = text.strip()
     if text.endswith("d") and text[:-1].isdigit():

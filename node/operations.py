@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-
 from cynode.gossip import MetadataError
 
 from .api_keys import ApiKeyStore
@@ -54,8 +53,8 @@ class Operations:
         self._spawn(ping_watchdog(self.notifier), "systemd-watchdog")
         self._spawn(report_status(self.notifier, self._status_line), "systemd-status")
 
-    def attach(self, *, telemetry: Telemetry, api_keys: ApiKeyStore, membership: "GossipAgent | None",
-               redis: "RedisConnection | None", key_consumers: list[KeyConsumer]) -> None:
+    def attach(self, *, telemetry: Telemetry, api_keys: ApiKeyStore, membership: GossipAgent | None,
+               redis: RedisConnection | None, key_consumers: list[KeyConsumer]) -> None:
         """Wire in the node's parts: the operator endpoints read them, SIGHUP reloads into them."""
         self.view.api_keys, self.view.membership, self.view.redis = api_keys, membership, redis
         self.hooks.add("API keys", api_keys_hook(api_keys, self.config.api_keys_path))
@@ -81,7 +80,7 @@ class Operations:
     def _spawn(self, coro, name: str) -> None:
         self._tasks.spawn(coro, name)
 
-    async def _stats_forever(self, telemetry: Telemetry, membership: "GossipAgent | None") -> None:
+    async def _stats_forever(self, telemetry: Telemetry, membership: GossipAgent | None) -> None:
         published = None
         self._sampler.add(read_registry(telemetry.registry, time.monotonic()))
         while True:

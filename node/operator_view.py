@@ -13,9 +13,9 @@ from aiohttp import web
 
 from .api_keys import ApiKeyStore, require
 from .errors import AuthError
-from .openai_errors import response_for
 from .leader_record import LeaderInfo, read_leader
 from .node_stats import ClusterHistory
+from .openai_errors import response_for
 
 if TYPE_CHECKING:
     from cynode.gossip import Member
@@ -29,11 +29,11 @@ class OperatorView:
     node_id: str
     cluster: str
     api_keys: ApiKeyStore
-    membership: "GossipAgent | None" = None
-    redis: "RedisConnection | None" = None
+    membership: GossipAgent | None = None
+    redis: RedisConnection | None = None
     history: ClusterHistory = field(default_factory=ClusterHistory)
 
-    def members(self) -> "list[Member]":
+    def members(self) -> list[Member]:
         return self.membership.members_raw() if self.membership is not None else []
 
     async def leader(self) -> LeaderInfo | None:

@@ -93,7 +93,7 @@ class PeerAuth:
     def ca_fingerprints(self) -> tuple[str, ...]:
         return tuple(ca.fingerprint for ca in self._cas)
 
-    def channel(self, address: str) -> "PeerChannel":
+    def channel(self, address: str) -> PeerChannel:
         """A channel to a peer's gRPC service, kept current with the key material."""
         return PeerChannel(self, address)
 
@@ -179,7 +179,7 @@ class PeerChannel(grpc.aio.Channel):
         task.add_done_callback(self._retiring.discard)
 
     def _method(self, kind: str, method: str, request_serializer=None, response_deserializer=None,
-                _registered_method: bool = False) -> "_Method":
+                _registered_method: bool = False) -> _Method:
         return _Method(self, kind, method, request_serializer, response_deserializer)
 
     def unary_unary(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
@@ -213,7 +213,7 @@ class PeerChannel(grpc.aio.Channel):
             with contextlib.suppress(BaseException):
                 await task
 
-    async def __aenter__(self) -> "PeerChannel":
+    async def __aenter__(self) -> PeerChannel:
         return self
 
     async def __aexit__(self, exc_type, exc_val, exc_tb) -> None:

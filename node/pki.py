@@ -31,8 +31,8 @@ PEER_NAME = "cynode-peer"
 LEAF_LIFETIME = 24 * 3600.0
 """Seconds a leaf certificate is valid; a node issues a new one when half of that has passed."""
 _CA_LABEL = b"cynode cluster ca v1"
-_CA_NOT_BEFORE = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
-_CA_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+_CA_NOT_BEFORE = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+_CA_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 _BACKDATE = datetime.timedelta(minutes=5)  # clocks of peers differ a little
 _CURVE_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 n
 
@@ -93,7 +93,7 @@ def issue_leaf(ca: ClusterCa, node_id: str, *, addresses: tuple[str, ...] = (), 
     """A new key pair and a certificate for `node_id` under `ca`, valid from a little before `now`
     for `lifetime` seconds. `addresses` (hosts this node is reached at) are added as extra names."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    start = datetime.datetime.fromtimestamp(now, datetime.UTC)
     end = start + datetime.timedelta(seconds=lifetime)
     names: list[x509.GeneralName] = [x509.DNSName(PEER_NAME), x509.UniformResourceIdentifier(node_uri(node_id))]
     for host in dict.fromkeys(addresses):

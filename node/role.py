@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 class RoleContext:
     config: NodeConfig
     telemetry: Telemetry
-    peer_auth: "PeerAuth"
-    redis: "RedisConnection | None" = None
+    peer_auth: PeerAuth
+    redis: RedisConnection | None = None
     boot_id: str = ""
-    readiness: Readiness = lambda: {}
-    api_keys: "ApiKeyStore | None" = None
-    gossip: "GossipAgent | None" = None
+    readiness: Readiness = dict
+    api_keys: ApiKeyStore | None = None
+    gossip: GossipAgent | None = None
     # Services of this same process: a channel to one of them skips the network (cynode.rpc.local).
     local: LocalServices = field(default_factory=LocalServices)
     # Addresses of services this same node runs, for roles that would otherwise need gossip
@@ -43,9 +43,9 @@ class RoleContext:
     local_services: dict[str, str] = field(default_factory=dict)
     # Operator routes every HTTP port of the node serves (status page, Prometheus discovery); the
     # gateway adds them to its app. Filled by the daemon.
-    http_routes: "list[web.RouteDef]" = field(default_factory=list)
+    http_routes: list[web.RouteDef] = field(default_factory=list)
 
-    def channel(self, address: str) -> "grpc.aio.Channel":
+    def channel(self, address: str) -> grpc.aio.Channel:
         """A channel to a peer's service: in-process when this node serves it, else mutually authenticated TLS (cynode.peer_auth)."""
         return self.local.channel(address) or self.peer_auth.channel(address)
 

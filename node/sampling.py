@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["MAX_STOP", "RULES", "Rule", "SamplingParams", "check_stop", "check_value"]
+__all__ = ["MAX_LOGPROBS", "MAX_STOP", "RULES", "Rule", "SamplingParams", "check_stop", "check_value"]
 
 MAX_STOP = 4
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -93,6 +94,9 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    # Not a sampling parameter, but asked for with them (as in vLLM): None = no log probabilities;
+    # N = each generated token's and its N most likely alternatives'.
+    logprobs: int | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SamplingParams:
@@ -111,6 +115,8 @@ class SamplingParams:
         values = {name: getattr(self, name) for name in RULES if getattr(self, name) is not None}
         if self.stop:
             values["stop"] = list(self.stop)
+        if self.logprobs is not None:
+            values["logprobs"] = self.logprobs
         return values
 
     def over(self, defaults: SamplingParams) -> SamplingParams:
@@ -146,6 +152,8 @@ class SamplingParams:
                 found.append((name, *bad))
         if self.stop and (bad := check_stop(list(self.stop))):
             found.append((bad[1], bad[0], bad[2]))  # (where, code, rule)
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            found.append(("logprobs", "invalid_value", f"must be between 0 and {MAX_LOGPROBS}"))
         return found
 
 

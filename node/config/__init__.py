@@ -3,7 +3,14 @@
 from .explain import explain
 from .loader import load_config
 from .sections import NodeConfig, StaticWorker
-from .types import Address, Duration, connect_host, join_host_port, parse_duration, split_host_port
+from .types import (
+    Address,
+    Duration,
+    connect_host,
+    join_host_port,
+    parse_duration,
+    split_host_port,
+)
 
 __all__ = [
     "Address",

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from cynode.engines.platform import BACKENDS
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .types import Address, ByteSize, Duration, LocalPath, split_host_port
 
@@ -96,7 +95,7 @@ class RedisSection(Section):
         return value
 
     @model_validator(mode="after")
-    def _embedded_is_local(self) -> "RedisSection":
+    def _embedded_is_local(self) -> RedisSection:
         if self.embedded:
             host = urlsplit(self.url).hostname or ""
             if not self.url.startswith("redis://") or host not in ("127.0.0.1", "localhost", "::1"):
@@ -158,10 +157,12 @@ class GatewaySection(Section):
     """A request's body must arrive within this once its headers have (slow clients get 408)."""
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "GatewaySection":
+    def _tls_pair(self) -> GatewaySection:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         return self
+    sse_keepalive: Annotated[Duration, Field(gt=0)] = 10.0
+    """A stream whose first token takes longer than this starts anyway with SSE keep-alive comments, repeated at this interval, so proxies neither buffer nor time out (errors after that come as an error event)."""
 
     @field_validator("coordinator")
     @classmethod
@@ -227,7 +228,7 @@ class CoordinatorSection(Section):
     """Static workers, besides those found through gossip."""
 
     @model_validator(mode="after")
-    def _timeout_inside_interval(self) -> "CoordinatorSection":
+    def _timeout_inside_interval(self) -> CoordinatorSection:
         if self.health_check_timeout > self.health_check_interval:
             raise ValueError("health_check_timeout must not exceed health_check_interval")
         return self

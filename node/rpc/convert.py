@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cynode.inference import ChatMessage, Usage
+from cynode.inference import ChatMessage, TokenLogprob, TopLogprob, Usage
 from cynode.sampling import RULES, SamplingParams
 
 from . import common_pb2
 
-__all__ = ["messages_from_pb", "messages_to_pb", "sampling_from_pb", "sampling_to_pb", "usage_from_pb", "usage_to_pb"]
+__all__ = ["logprobs_from_pb", "logprobs_to_pb", "messages_from_pb", "messages_to_pb", "sampling_from_pb",
+           "sampling_to_pb", "usage_from_pb", "usage_to_pb"]
 
 _SCALARS = tuple(RULES)
 
@@ -28,12 +29,14 @@ def sampling_to_pb(sampling: SamplingParams, *, max_tokens: int | None = None) -
             setattr(pb, name, value)
     if max_tokens is not None:
         pb.max_tokens = max_tokens
+    if sampling.logprobs is not None:
+        pb.logprobs = sampling.logprobs
     return pb
 
 
 def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
     values = {name: getattr(pb, name) for name in _SCALARS if pb.HasField(name)}
-    return SamplingParams(stop=tuple(pb.stop), **values)
+    return SamplingParams(stop=tuple(pb.stop), logprobs=pb.logprobs if pb.HasField("logprobs") else None, **values)
 
 
 def messages_to_pb(messages: Iterable[ChatMessage]) -> list[common_pb2.ChatMessage]:
@@ -50,3 +53,15 @@ def usage_to_pb(usage: Usage) -> common_pb2.Usage:
 
 def usage_from_pb(pb: common_pb2.Usage) -> Usage:
     return Usage(pb.prompt_tokens, pb.completion_tokens)
+
+
+def logprobs_to_pb(entries: Iterable[TokenLogprob]) -> list[common_pb2.TokenLogprob]:
+    return [common_pb2.TokenLogprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
+                                    top=[common_pb2.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes)
+                                         for t in e.top])
+            for e in entries]
+
+
+def logprobs_from_pb(pbs: Sequence[common_pb2.TokenLogprob]) -> list[TokenLogprob]:
+    return [TokenLogprob(p.token, p.logprob, p.bytes, tuple(TopLogprob(t.token, t.logprob, t.bytes) for t in p.top))
+            for p in pbs]

@@ -25,7 +25,6 @@ import logging
 
 import grpc
 import grpc.aio
-
 from cynode import errors as e
 
 __all__ = ["PeerUnavailable", "error_metadata", "from_rpc_error", "grpc_code", "map_handler", "rpc_errors"]

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 
 import grpc
 import grpc.aio
-
 from cynode.errors import StartupError
 
 from .errors import map_handler

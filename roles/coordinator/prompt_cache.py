@@ -80,8 +80,9 @@ class CachedResponse:
 
 
 def cache_key(model: str, version: str, messages: Sequence[ChatMessage], sampling: SamplingParams,
-              adapter: str = "") -> str:
-    """SHA-256 over a canonical JSON form; parameters not given are left out, so defaults match."""
+              adapter: str = "", prompt: str = "") -> str:
+    """SHA-256 over a canonical JSON form; parameters not given are left out, so defaults match.
+    `prompt`: a raw completion prompt (`/v1/completions`), never equal to any chat's key."""
     canonical = {
         "model": model,
         "version": version,
@@ -89,6 +90,8 @@ def cache_key(model: str, version: str, messages: Sequence[ChatMessage], samplin
         "messages": [[m.role, m.content] for m in messages],
         "sampling": sampling.given(),
     }
+    if prompt:
+        canonical["prompt"] = prompt
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

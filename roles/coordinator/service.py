@@ -142,7 +142,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         sampling = sampling_from_pb(request.sampling)
         if not (self._cache_nondeterministic or sampling.deterministic):
             return None
-        return cache_key(model_id, version, messages_from_pb(request.messages), sampling)
+        return cache_key(model_id, version, messages_from_pb(request.messages), sampling, prompt=request.prompt)
 
     async def Heartbeat(self, request: coordinator_pb2.HeartbeatRequest, context) -> coordinator_pb2.HeartbeatReply:
         self._require_leader()
@@ -247,9 +247,10 @@ def _task_id(idempotency_key: str) -> str:
 
 
 def _prefix(request: coordinator_pb2.AdmitRequest) -> str:
-    """What identifies a shared prompt prefix: everything before the last message, else its start."""
+    """What identifies a shared prompt prefix: everything before the last message, else its start
+    (a raw completion prompt: its start)."""
     if not request.messages:
-        return ""
+        return request.prompt[:2048]
     head = request.messages[:-1] or request.messages
     text = "\x1e".join(f"{m.role}\x1f{m.content}" for m in head)
     return text[:2048]

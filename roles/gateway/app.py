@@ -6,17 +6,20 @@ import logging
 import time
 
 from aiohttp import web
-
 from cynode.errors import CynodeError
 from cynode.openai_errors import error_response, response_for
 from cynode.rpc import common_pb2, coordinator_pb2
 
+from . import files_api, fine_tuning_api
 from . import openai_format as fmt
 from .auth import identify
-from . import files_api, fine_tuning_api
 from .chat import chat_completions
+from .completions_api import completions
+from .embeddings_api import embeddings
 from .guards import ClientGuards, guard_middleware
 from .keys_api import admin_routes
+from .models_api import get_model
+from .openapi import openapi_json
 from .state import LIMIT_HEADERS, GatewayState
 
 log = logging.getLogger(__name__)
@@ -30,11 +33,15 @@ def build_app(state: GatewayState, node_routes: list[web.RouteDef], guards: Clie
     app.on_response_prepare.append(_limit_headers)
     app.add_routes([
         web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/completions", completions),
+        web.post("/v1/embeddings", embeddings),
         web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", get_model),
         web.get("/v1/cluster/status", cluster_status),
         *admin_routes(),
         *files_api.routes(),
         *fine_tuning_api.routes(),
+        web.get("/openapi.json", openapi_json),
         *node_routes,
     ])
     return app

@@ -9,7 +9,6 @@ middleware stores what it found, or the AuthError, on the request; handlers call
 from __future__ import annotations
 
 from aiohttp import web
-
 from cynode.api_keys import ApiKey, ApiKeyStore, bearer_token, check_expiry, unknown_key
 from cynode.errors import AuthError
 

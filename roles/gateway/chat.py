@@ -1,25 +1,23 @@
-"""`POST /v1/chat/completions`: validate, authorize, run a `Completion`, answer as SSE or JSON."""
+"""`POST /v1/chat/completions`: validate, authorize, run one `Completion` per choice, answer as SSE or JSON."""
 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
-
-from cynode.errors import CynodeError
+from cynode.inference import TokenLogprob
 from cynode.rpc import coordinator_pb2
+from cynode.sampling import SamplingParams
 
 from . import openai_format as fmt
+from .choices import Choice, answer
 from .completion import Completion
-from .degraded import DEGRADED_HEADER
-from .limits import estimate_tokens
 from .openai_schema import parse_chat_request
 from .state import GatewayState
 
 log = logging.getLogger(__name__)
-
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -28,41 +26,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(await state.read_body(request))
     state.authorize_model(key, chat.model)
     request_id = fmt.completion_id()
-    admission = await state.admit(request, key, request_id, estimate_tokens(
-        sum(len(m.content) for m in chat.messages), chat.sampling.max_tokens))
-    completion = Completion(
-        state.upstream, model=chat.model, messages=chat.messages, sampling=chat.sampling, request_id=request_id,
-        idempotency_key=request.headers.get("Idempotency-Key") or request_id,
-        priority=state.priority(key), key_name=key.name,
-        cache_mode=_cache_mode(request.headers.get("Cache-Control", "")),
-        timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1, stream=chat.stream,
-        degraded=state.degraded,
-    )
-    started = time.monotonic()
-    pieces = completion.deltas()
-    outcome = "failed"
-    try:
-        # The first piece decides the answer's status: errors before it are plain HTTP errors.
-        first = await anext(pieces, None)
-        state.metrics.ttft.observe(time.monotonic() - started)
-        if chat.stream:
-            response, delivered = await _stream(request, completion, chat.include_usage, first, pieces)
-        else:
-            response, delivered = await _collect(completion, first, pieces), True
-        outcome = completion.outcome if delivered else "cancelled"
-        return response
-    except BaseException as exc:
-        if not isinstance(exc, CynodeError):
-            outcome = "cancelled"  # the client went away (or the gateway is stopping)
-        raise
-    finally:
-        await pieces.aclose()
-        state.record(outcome, completion.completion_tokens)
-        if admission is not None:
-            admission.settle(completion.prompt_tokens, completion.completion_tokens)
+    if chat.user:
+        log.debug("request %s is for end user %r", request_id, chat.user)
+    cache_mode = cache_mode_of(request.headers.get("Cache-Control", ""), chat.sampling)
+    choices = [
+        Choice(index=i, completion=Completion(
+            state.upstream, model=chat.model, messages=chat.messages, sampling=choice_sampling(chat.sampling, i),
+            request_id=request_id if chat.n == 1 else f"{request_id}-{i}",
+            idempotency_key=idempotency_key(request, request_id, i, chat.n),
+            priority=state.priority(key), key_name=key.name,
+            cache_mode=cache_mode, timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1,
+            stream=chat.stream, degraded=state.degraded,
+        ))
+        for i in range(chat.n)
+    ]
+    return await answer(request, state, key, request_id, choices, CHAT, prompt_chars=sum(len(m.content) for m in chat.messages),
+                        max_tokens=chat.sampling.max_tokens, stream=chat.stream, include_usage=chat.include_usage)
 
 
-def _cache_mode(header: str) -> int:
+def cache_mode_of(header: str, sampling: SamplingParams) -> int:
+    """The prompt-cache mode a request's Cache-Control asks for. The cache keeps text only, so an
+    answer with log probabilities is neither looked up nor stored."""
+    if sampling.logprobs is not None:
+        return coordinator_pb2.CACHE_NO_STORE
     if not header:
         return coordinator_pb2.CACHE_DEFAULT
     directives = {d.strip().lower() for d in header.split(",")}
@@ -73,46 +59,42 @@ def _cache_mode(header: str) -> int:
     return coordinator_pb2.CACHE_DEFAULT
 
 
-def _headers(completion: Completion) -> dict[str, str]:
-    headers = {"X-Request-Id": completion.request_id, "X-Cache": "hit" if completion.cached else "miss"}
-    if completion.degraded:
-        headers[DEGRADED_HEADER] = "true"
-    return headers
+def choice_sampling(sampling: SamplingParams, index: int) -> SamplingParams:
+    """Choice `index`'s sampling: with a seed, seed + index, so `n` seeded choices differ from each
+    other and each is repeatable."""
+    if index and sampling.seed is not None:
+        return replace(sampling, seed=(sampling.seed + index + 2**63) % 2**64 - 2**63)
+    return sampling
 
 
-async def _stream(request, completion: Completion, include_usage: bool, first, pieces) -> tuple[web.StreamResponse, bool]:
-    """The answer as server-sent events, and whether it reached the client (False: it went away)."""
-    response = web.StreamResponse(headers={**_SSE_HEADERS, **_headers(completion)})
-    await response.prepare(request)
-    chunks = fmt.ChunkEncoder(completion.request_id, completion.model, int(time.time()), include_usage=include_usage)
-    write = response.write
-    try:
-        await write(chunks.role())
-        try:
-            if first is not None:
-                await write(chunks.content(first))
-            async for piece in pieces:
-                await write(chunks.content(piece))
-            await write(chunks.finish(completion.finish_reason))
-            if include_usage:
-                await write(chunks.usage(completion.prompt_tokens, completion.completion_tokens))
-        except CynodeError as exc:
-            # Past the first byte the status is sent; the failure travels as an error event.
-            log.warning("stream %s failed: %s", completion.request_id, exc.message)
-            await write(fmt.sse_event({"error": {"message": exc.message, "type": "server_error", "param": None,
-                                                 "code": exc.code or "upstream_failed"}}))
-        await write(fmt.SSE_DONE)
-        await response.write_eof()
-    except ConnectionError:
-        return response, False  # closing `pieces` cancels the work
-    return response, True
+def idempotency_key(request: web.Request, request_id: str, index: int, n: int) -> str:
+    base = request.headers.get("Idempotency-Key") or request_id
+    return base if n == 1 else f"{base}#{index}"
 
 
-async def _collect(completion: Completion, first, pieces) -> web.Response:
-    parts = [first] if first is not None else []
-    async for piece in pieces:
-        parts.append(piece)
-    usage = fmt.usage_dict(completion.prompt_tokens, completion.completion_tokens)
-    body = fmt.chat_completion(completion.request_id, completion.model, int(time.time()), "".join(parts),
-                               completion.finish_reason, usage)
-    return web.Response(body=fmt.json_bytes(body), content_type="application/json", headers=_headers(completion))
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """Chat's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs}]}`."""
+    return {"content": [{
+        "token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
+        "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in e.top],
+    } for e in entries], "refusal": None}
+
+
+class ChatFormat:
+    def encoder(self, request_id: str, model: str, created: int, include_usage: bool, index: int):
+        return fmt.ChunkEncoder(request_id, model, created, include_usage=include_usage, index=index)
+
+    def opening(self, encoder, choice: Choice) -> bytes:
+        return encoder.role()
+
+    def logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        return chat_logprobs(entries)
+
+    def whole(self, request_id: str, model: str, created: int, choices: list[Choice], usage: dict[str, int]):
+        return fmt.chat_completion_of(request_id, model, created, [
+            fmt.chat_choice(c.index, "".join(c.parts), c.completion.finish_reason,
+                            chat_logprobs(c.logprobs) if c.completion.wants_logprobs else None)
+            for c in choices], usage)
+
+
+CHAT = ChatFormat()

@@ -23,11 +23,10 @@ import logging
 import time
 
 import grpc.aio
-
 from cynode.errors import CynodeError, FencedError, RequestError, UnavailableError
-from cynode.inference import ChatMessage
+from cynode.inference import ChatMessage, TokenLogprob
 from cynode.rpc import common_pb2, coordinator_pb2, worker_pb2
-from cynode.rpc.convert import messages_to_pb, sampling_to_pb
+from cynode.rpc.convert import logprobs_from_pb, messages_to_pb, sampling_to_pb
 from cynode.rpc.errors import rpc_errors
 from cynode.sampling import SamplingParams
 
@@ -45,21 +44,25 @@ COALESCE_MS = 50
 class Completion:
     def __init__(self, upstream: Upstream, *, model: str, messages: tuple[ChatMessage, ...], sampling: SamplingParams,
                  request_id: str, idempotency_key: str, priority: int, key_name: str, cache_mode: int,
-                 timeout: float, max_attempts: int, stream: bool = True, degraded: Degraded | None = None) -> None:
+                 timeout: float, max_attempts: int, stream: bool = True, prompt: str = "",
+                 degraded: Degraded | None = None) -> None:
         """`stream`: the client reads the pieces as they come; when False (it reads the answer
-        whole) the worker sends fewer, bigger pieces, which costs every hop less per token."""
+        whole) the worker sends fewer, bigger pieces, which costs every hop less per token.
+        `prompt`: a raw completion prompt (`/v1/completions`), given instead of `messages`."""
         self._upstream = upstream
         self._sampling = sampling
+        self.wants_logprobs = sampling.logprobs is not None
         self.request_id = request_id
         self._cache_mode = cache_mode
         # Built once: a retry changes only what differs (excluded workers, the lease, resume text).
         self._admit_request = coordinator_pb2.AdmitRequest(
             request_id=request_id, model=model, priority=priority, api_key_name=key_name,
             sampling=sampling_to_pb(sampling), idempotency_key=idempotency_key, messages=messages_to_pb(messages),
-            cache_mode=cache_mode,
+            cache_mode=cache_mode, prompt=prompt,
         )
         self._predict_request_pb = worker_pb2.PredictRequest(
-            request_id=request_id, messages=self._admit_request.messages, sampling=self._admit_request.sampling)
+            request_id=request_id, messages=self._admit_request.messages, sampling=self._admit_request.sampling,
+            prompt=prompt)
         self._deadline = time.monotonic() + timeout
         self._max_attempts = max_attempts
         self._coalesce_ms = 0 if stream else COALESCE_MS
@@ -69,6 +72,8 @@ class Completion:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached = False
+        self.admitted = False  # the first Admit was answered: `cached` is known
+        self._logprobs: list[TokenLogprob] = []  # of the tokens behind the pieces not taken yet
         self.migrations = 0
         self._degraded = degraded
         self.degraded = False  # served without a coordinator (see degraded.py)
@@ -91,6 +96,7 @@ class Completion:
         exclude: list[str] = []
         for attempt in range(self._max_attempts):
             reply = await self._admit(exclude, retry=attempt > 0)
+            self.admitted = True
             if reply.HasField("cached"):
                 self._take_cached(reply.cached)
                 for piece in reply.cached.deltas:
@@ -109,6 +115,8 @@ class Completion:
                     while (chunk := await call.read()) is not _EOF:
                         if chunk.token_ids:
                             sent_tokens += len(chunk.token_ids)
+                        if chunk.logprobs:
+                            self._logprobs.extend(logprobs_from_pb(chunk.logprobs))
                         if chunk.finish_reason:
                             self.finish_reason = chunk.finish_reason
                             self.prompt_tokens = chunk.usage.prompt_tokens
@@ -190,6 +198,13 @@ class Completion:
                 self.migrations += 1
         raise UnavailableError(f"no coordinator, and no worker found through gossip could serve "
                                f"{self.requested_model!r}", retry_after=2, code="upstream_failed")
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The log probabilities that came with the pieces so far (when asked for), once each."""
+        if not self._logprobs:
+            return []
+        taken, self._logprobs = self._logprobs, []
+        return taken
 
     async def _admit(self, exclude: list[str], *, retry: bool) -> coordinator_pb2.AdmitReply:
         request = self._admit_request

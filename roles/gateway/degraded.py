@@ -44,8 +44,7 @@ class Degraded:
         self.epoch = 0  # the newest leader epoch seen
 
     def saw_epoch(self, epoch: int) -> None:
-        if epoch > self.epoch:
-            self.epoch = epoch
+        self.epoch = max(self.epoch, epoch)
 
     async def probe(self) -> None:
         """One look at the leader record; switches the mode when it has to."""

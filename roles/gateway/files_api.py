@@ -9,7 +9,6 @@ must be UTF-8 text (JSONL as OpenAI asks; JSON and CSV are read too).
 from __future__ import annotations
 
 from aiohttp import web
-
 from cynode.errors import RequestError
 from cynode.training_store import TrainingStore
 

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-
 from cynode.api_keys import ApiKey
 from cynode.errors import RequestError, TrainingError
 from cynode.rpc import common_pb2

@@ -11,14 +11,12 @@ answer comes back as it is made, byte for byte, so server-sent events stream thr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
-
 from cynode.config import split_host_port
 from cynode.errors import StartupError
 from cynode.openai_errors import error_response
@@ -87,7 +85,7 @@ class Forwarder:
             try:
                 upstream = await self._session.request(request.method, f"http://{address}{request.rel_url}",
                                                        headers=headers, data=body, allow_redirects=False)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 log.warning("gateway %s at %s unreachable (%s); trying another", peer_id, address, exc)
                 continue
             try:

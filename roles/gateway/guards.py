@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-
 from cynode.errors import RateLimitError, RequestError
 
 MAX_TRACKED = 65_536
@@ -44,7 +43,7 @@ class ClientGuards:
         self._clock = clock
         self._open: dict[str, int] = {}
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        self._connections: dict[object, "_GuardedProtocol"] = {}  # aiohttp RequestHandler -> its guard
+        self._connections: dict[object, _GuardedProtocol] = {}  # aiohttp RequestHandler -> its guard
         self.refused_connections = 0
 
     # Connections.
@@ -95,7 +94,7 @@ class ClientGuards:
     def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _GuardedProtocol(self, inner())
 
-    def connection_of(self, handler: object) -> "_GuardedProtocol | None":
+    def connection_of(self, handler: object) -> _GuardedProtocol | None:
         return self._connections.get(handler)
 
 

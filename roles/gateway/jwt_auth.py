@@ -25,7 +25,6 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from cynode.api_keys import SCOPES, ApiKey
 from cynode.errors import AuthError, ConfigError
 
@@ -54,7 +53,7 @@ class JwtVerifier:
             self._load_jwks(strict=True)
 
     @classmethod
-    def from_config(cls, config) -> "JwtVerifier | None":
+    def from_config(cls, config) -> JwtVerifier | None:
         """The verifier `[gateway]` asks for, or None when it configures no JWT; ConfigError naming the field."""
         if not (config.jwt_secret_file or config.jwt_public_key_file or config.jwt_jwks_file):
             return None

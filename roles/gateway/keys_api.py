@@ -17,7 +17,6 @@ import time
 
 import orjson
 from aiohttp import web
-
 from cynode.api_keys import ApiKey
 from cynode.errors import RequestError, UnavailableError
 

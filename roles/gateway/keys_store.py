@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-
 from cynode.api_keys import LIMIT_FIELDS, SCOPES, ApiKey, generate_key
 from cynode.errors import RequestError, UnavailableError
 from cynode.redis_conn import RedisConnection, translate_errors

@@ -37,7 +37,6 @@ import time
 from dataclasses import dataclass, field
 
 import redis.exceptions
-
 from cynode.api_keys import ApiKey
 from cynode.errors import RateLimitError, StartupError, UnavailableError
 from cynode.redis_batch import ScriptBatcher
@@ -212,7 +211,7 @@ def _work_out_calendar(now: int) -> tuple[str, str, int, int]:
 class Admission:
     """One admitted request's charges, given back or made exact by `settle` at its end."""
 
-    limiter: "Limiter"
+    limiter: Limiter
     key: ApiKey
     request_id: str
     day: str

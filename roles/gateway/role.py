@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from aiohttp import web
-
 from cynode.config import split_host_port
 from cynode.errors import CynodeError, StartupError
 from cynode.http_routes import cluster_routes, node_routes
@@ -18,10 +17,10 @@ from cynode.training_store import TrainingStore
 from .app import build_app
 from .auth import Identities
 from .degraded import Degraded
+from .guards import ClientGuards, GuardedSite
 from .jwt_auth import JwtVerifier
 from .keys_store import RuntimeKeys
 from .limits import Limiter
-from .guards import ClientGuards, GuardedSite
 from .state import GatewayMetrics, GatewayState
 from .tls import GatewayTls
 from .upstream import Upstream

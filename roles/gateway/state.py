@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
-
 from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
 from cynode.errors import AuthError, RateLimitError, RequestError
@@ -31,7 +30,7 @@ class GatewayMetrics:
     tokens: FastCounter
 
     @classmethod
-    def register(cls, telemetry: Telemetry) -> "GatewayMetrics":
+    def register(cls, telemetry: Telemetry) -> GatewayMetrics:
         return cls(
             requests=telemetry.counter("gateway_http_requests", "HTTP requests by route and status", ("route", "status")),
             latency=telemetry.histogram("gateway_http_request_latency_seconds", "Seconds to answer, by route", ("route",)),

@@ -16,14 +16,18 @@ import logging
 from collections.abc import Callable
 
 import grpc.aio
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
-
 from cynode.errors import CapacityError, CynodeError, TaskEndedError, UnavailableError
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
 from cynode.rpc import coordinator_pb2_grpc, worker_pb2_grpc
 from cynode.rpc.errors import rpc_errors
 from cynode.tasks import BackgroundTasks
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from .leases import LeaseKeeper
 

@@ -12,10 +12,11 @@ import logging
 import time
 
 from cynode.engines.base import GenerationRequest
+from cynode.engines.embedding import SupportsEmbedding
 from cynode.engines.memory_manager import MemoryManager
 from cynode.errors import EngineError, FencedError, RequestError
 from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
-from cynode.rpc.convert import messages_from_pb, sampling_from_pb
+from cynode.rpc.convert import logprobs_to_pb, messages_from_pb, sampling_from_pb
 
 from .metrics import WorkerMetrics
 
@@ -72,6 +73,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         else:
                             pending.text += delta.text
                             pending.token_ids.extend(delta.token_ids)
+                        if delta.logprobs:
+                            pending.logprobs.extend(logprobs_to_pb(delta.logprobs))
                         if delta.finish_reason:
                             pending.finish_reason = delta.finish_reason
                         if delta.usage is not None:
@@ -100,6 +103,33 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 self._metrics.tokens.labels(model).inc(tokens)
                 if elapsed > 0:
                     self._metrics.tokens_per_second.labels(model).observe(tokens / elapsed)
+
+    async def Embed(self, request: worker_pb2.EmbedRequest, context) -> worker_pb2.EmbedReply:
+        if request.epoch < self.highest_epoch:
+            raise FencedError(f"stale assignment: epoch {request.epoch} is older than {self.highest_epoch}, "
+                              "the epoch of the newest leader this worker has seen")
+        self.highest_epoch = request.epoch
+        started, outcome, model, tokens = time.monotonic(), "cancelled", request.model, 0
+        try:
+            async with self._manager.use(request.model) as (engine, spec):
+                model = spec.id
+                if not isinstance(engine, SupportsEmbedding):
+                    raise RequestError(f"model {spec.id!r} does not make embeddings; ask an embedding model "
+                                       "(GET /v1/models lists them)", status=400, param="model",
+                                       code="model_not_supported")
+                result = await engine.embed(list(request.input), dimensions=request.dimensions or None)
+            tokens, outcome = result.prompt_tokens, "ok"
+            return worker_pb2.EmbedReply(data=[worker_pb2.Embedding(values=v) for v in result.vectors], model=model,
+                                         usage=common_pb2.Usage(prompt_tokens=result.prompt_tokens))
+        except RequestError:
+            outcome = "rejected"
+            raise
+        except EngineError:
+            outcome = "error"
+            raise
+        finally:
+            self._metrics.latency.labels(model).observe(time.monotonic() - started)
+            self._metrics.record_request(model, outcome, tokens)
 
     async def Health(self, request: worker_pb2.HealthRequest, context) -> worker_pb2.HealthReply:
         return worker_pb2.HealthReply(

@@ -87,7 +87,8 @@ def test_the_official_openai_client_gets_the_same_answer(node):
         assert response.headers["X-Cache"] == "miss"
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
     assert streamed == expected
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    # The built-in embedding model is served next to the chat model.
+    assert sorted(m.id for m in client.models.list().data) == ["all-minilm-l6-v2", MODEL]
 
 
 def test_four_concurrent_requests_all_reach_the_engine_and_get_the_same_answer(node):
@@ -206,7 +207,7 @@ def test_cluster_status_shows_the_leader_queue_and_worker(node):
     assert body["leader"]["epoch"] >= 1
     assert body["queue"] == {"pending": 0, "inflight": 0, "dead": 0}
     [worker] = body["workers"]
-    assert worker["state"] == "healthy" and worker["breaker"] == "closed" and worker["models"] == [MODEL]
+    assert worker["state"] == "healthy" and worker["breaker"] == "closed" and sorted(worker["models"]) == ["all-minilm-l6-v2", MODEL]
     result = subprocess.run([sys.executable, "-m", "cynode", "status", "-c", str(node.config_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

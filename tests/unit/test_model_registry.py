@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cynode.engines.embedding_model import BUILTIN_EMBEDDING_ID, EMBEDDING_WHEEL, find_embedding_model
+
 from cynode.engines.builtin_model import BUILTIN_ALIASES, BUILTIN_MODEL_ID
 from cynode.engines.registry import ModelRegistry, ModelSpec
 from cynode.sampling import SamplingParams
@@ -58,15 +60,28 @@ def test_a_full_registry_loads_every_kind_of_source(tmp_path, folder, gguf):
     assert registry.resolve("qwen-gguf").source_kind == "gguf" and registry.resolve("qwen-gguf").path == gguf
     builtin = registry.resolve(BUILTIN_MODEL_ID)
     assert builtin.tags == ("default",) and set(BUILTIN_ALIASES) <= set(builtin.aliases)
-    assert [s.id for s in registry.specs] == ["tiny-a", "qwen-gguf", BUILTIN_MODEL_ID]
+    assert [s.id for s in registry.specs] == ["tiny-a", "qwen-gguf", BUILTIN_MODEL_ID, *EMBEDDER]
 
 
 def test_the_built_in_model_is_there_without_a_file_and_when_the_file_does_not_list_it(tmp_path, folder):
-    assert [s.id for s in ModelRegistry.load(None).specs] == [BUILTIN_MODEL_ID]
+    assert [s.id for s in ModelRegistry.load(None).specs] == [BUILTIN_MODEL_ID, *EMBEDDER]
     registry = ModelRegistry.load(write(tmp_path, {"models": [{"id": "tiny-a", "source": {"path": str(folder)}}]}))
     assert registry.resolve(BUILTIN_MODEL_ID).source_kind == "builtin"
     for alias in BUILTIN_ALIASES:
         assert registry.resolve(alias).id == BUILTIN_MODEL_ID
+
+
+# The built-in embedding model is served when its wheel is installed (it is, with cynode[cpu]).
+EMBEDDER = [BUILTIN_EMBEDDING_ID] if find_embedding_model() else []
+
+
+@pytest.mark.skipif(not EMBEDDER, reason=f"the {EMBEDDING_WHEEL} wheel is not installed")
+def test_the_built_in_embedding_model_is_served_from_its_wheel_unless_the_file_takes_its_name(tmp_path, folder):
+    spec = ModelRegistry.load(None).resolve("sentence-transformers/all-MiniLM-L6-v2")
+    assert spec.id == BUILTIN_EMBEDDING_ID and spec.engine == "embedding" and (spec.path / "config.json").is_file()
+    mine = ModelRegistry.load(write(tmp_path, {"models": [
+        {"id": "all-MiniLM-L6-v2", "source": {"path": str(folder)}, "engine": "embedding"}]}))
+    assert mine.resolve("all-MiniLM-L6-v2").path == folder and BUILTIN_EMBEDDING_ID not in mine
 
 
 def test_a_sim_only_registry_can_leave_the_built_in_model_out():

@@ -269,17 +269,44 @@ def test_stop_of_the_wrong_type_is_refused():
     assert refused(body(stop={"a": 1})).param == "stop"
 
 
+# --- choices -------------------------------------------------------------------------------------
+
+def test_n_asks_for_that_many_choices():
+    assert parse_chat_request(body(n=3)).n == 3
+
+
+@pytest.mark.parametrize("n, code", [(0, "invalid_value"), (17, "invalid_value"), (True, "invalid_type"),
+                                     ("1", "invalid_type"), (1.5, "invalid_type")])
+def test_n_outside_one_to_sixteen_is_refused(n, code):
+    error = refused(body(n=n))
+    assert error.param == "n" and error.code == code
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert parse_chat_request(body(max_tokens=5, max_completion_tokens=9)).sampling.max_tokens == 9
+
+
+def test_include_usage_is_read_from_stream_options():
+    assert parse_chat_request(body(stream=True, stream_options={"include_usage": True})).include_usage
+
+
 # --- things we do not do yet ------------------------------------------------------------------
 
-@pytest.mark.parametrize("n", [2, 0, True, "1"])
-def test_only_one_choice_is_supported(n):
-    error = refused(body(n=n))
-    assert error.message.startswith("only n=1 is supported") and error.param == "n"
+
+def test_logprobs_ask_for_the_top_alternatives_or_none():
+    assert parse_chat_request(body(logprobs=True, top_logprobs=3)).sampling.logprobs == 3
+    assert parse_chat_request(body(logprobs=True)).sampling.logprobs == 0
+    assert parse_chat_request(body(logprobs=False)).sampling.logprobs is None
+
+
+@pytest.mark.parametrize("fields, param", [({"top_logprobs": 2}, "top_logprobs"),
+                                           ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                                           ({"logprobs": 1}, "logprobs")])
+def test_bad_logprobs_are_refused(fields, param):
+    assert refused(body(**fields)).param == param
 
 
 @pytest.mark.parametrize("field, value", [
-    ("logprobs", True),
-    ("top_logprobs", 3),
     ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ("tool_choice", "required"),
     ("response_format", {"type": "json_object"}),
