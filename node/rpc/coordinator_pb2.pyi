@@ -1,12 +1,10 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
 from cynode.rpc import common_pb2 as _common_pb2
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -20,7 +18,7 @@ CACHE_NO_CACHE: CacheMode
 CACHE_NO_STORE: CacheMode
 
 class AdmitRequest(_message.Message):
-    __slots__ = ("api_key_name", "cache_mode", "exclude_workers", "idempotency_key", "messages", "model", "priority", "prompt", "request_id", "sampling")
+    __slots__ = ("request_id", "model", "priority", "api_key_name", "exclude_workers", "messages", "sampling", "cache_mode", "idempotency_key", "prompt")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -41,10 +39,10 @@ class AdmitRequest(_message.Message):
     cache_mode: CacheMode
     idempotency_key: str
     prompt: str
-    def __init__(self, request_id: str | None = ..., model: str | None = ..., priority: int | None = ..., api_key_name: str | None = ..., exclude_workers: _Iterable[str] | None = ..., messages: _Iterable[_common_pb2.ChatMessage | _Mapping] | None = ..., sampling: _common_pb2.SamplingParams | _Mapping | None = ..., cache_mode: CacheMode | str | None = ..., idempotency_key: str | None = ..., prompt: str | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ..., api_key_name: _Optional[str] = ..., exclude_workers: _Optional[_Iterable[str]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., idempotency_key: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt", "cacheable", "epoch", "lease_deadline_ms", "lease_id", "model", "worker_address", "worker_id")
+    __slots__ = ("worker_id", "worker_address", "lease_id", "epoch", "lease_deadline_ms", "model", "attempt", "cacheable")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -61,10 +59,10 @@ class Assignment(_message.Message):
     model: str
     attempt: int
     cacheable: bool
-    def __init__(self, worker_id: str | None = ..., worker_address: str | None = ..., lease_id: str | None = ..., epoch: int | None = ..., lease_deadline_ms: int | None = ..., model: str | None = ..., attempt: int | None = ..., cacheable: bool | None = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_deadline_ms: _Optional[int] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., cacheable: _Optional[bool] = ...) -> None: ...
 
 class CachedResponse(_message.Message):
-    __slots__ = ("deltas", "finish_reason", "model", "usage")
+    __slots__ = ("deltas", "finish_reason", "usage", "model")
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -73,36 +71,36 @@ class CachedResponse(_message.Message):
     finish_reason: str
     usage: _common_pb2.Usage
     model: str
-    def __init__(self, deltas: _Iterable[str] | None = ..., finish_reason: str | None = ..., usage: _common_pb2.Usage | _Mapping | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, deltas: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AdmitReply(_message.Message):
-    __slots__ = ("assignment", "cached", "task_id")
+    __slots__ = ("task_id", "assignment", "cached")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     assignment: Assignment
     cached: CachedResponse
-    def __init__(self, task_id: str | None = ..., assignment: Assignment | _Mapping | None = ..., cached: CachedResponse | _Mapping | None = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cached: _Optional[_Union[CachedResponse, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("lease_id", "task_id")
+    __slots__ = ("task_id", "lease_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     lease_id: str
-    def __init__(self, task_id: str | None = ..., lease_id: str | None = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("lease_deadline_ms", "ok")
+    __slots__ = ("ok", "lease_deadline_ms")
     OK_FIELD_NUMBER: _ClassVar[int]
     LEASE_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     lease_deadline_ms: int
-    def __init__(self, ok: bool | None = ..., lease_deadline_ms: int | None = ...) -> None: ...
+    def __init__(self, ok: _Optional[bool] = ..., lease_deadline_ms: _Optional[int] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("deltas", "epoch", "error", "finish_reason", "lease_id", "model", "ok", "task_id", "usage", "worker_fault", "worker_id")
+    __slots__ = ("lease_id", "worker_id", "ok", "error", "usage", "epoch", "task_id", "deltas", "finish_reason", "worker_fault", "model")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
@@ -125,23 +123,23 @@ class CompleteRequest(_message.Message):
     finish_reason: str
     worker_fault: bool
     model: str
-    def __init__(self, lease_id: str | None = ..., worker_id: str | None = ..., ok: bool | None = ..., error: str | None = ..., usage: _common_pb2.Usage | _Mapping | None = ..., epoch: int | None = ..., task_id: str | None = ..., deltas: _Iterable[str] | None = ..., finish_reason: str | None = ..., worker_fault: bool | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, lease_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., epoch: _Optional[int] = ..., task_id: _Optional[str] = ..., deltas: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., worker_fault: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CompleteReply(_message.Message):
     __slots__ = ("task_state",)
     TASK_STATE_FIELD_NUMBER: _ClassVar[int]
     task_state: str
-    def __init__(self, task_state: str | None = ...) -> None: ...
+    def __init__(self, task_state: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("lease_id", "reason", "task_id")
+    __slots__ = ("task_id", "reason", "lease_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     reason: str
     lease_id: str
-    def __init__(self, task_id: str | None = ..., reason: str | None = ..., lease_id: str | None = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class CancelReply(_message.Message):
     __slots__ = ()
@@ -152,7 +150,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("active", "address", "breaker", "capacity", "healthy", "id", "leased", "models", "weight")
+    __slots__ = ("id", "address", "healthy", "breaker", "active", "leased", "capacity", "weight", "models")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -171,10 +169,10 @@ class WorkerStatus(_message.Message):
     capacity: int
     weight: int
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: str | None = ..., address: str | None = ..., healthy: bool | None = ..., breaker: str | None = ..., active: int | None = ..., leased: int | None = ..., capacity: int | None = ..., weight: int | None = ..., models: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., breaker: _Optional[str] = ..., active: _Optional[int] = ..., leased: _Optional[int] = ..., capacity: _Optional[int] = ..., weight: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cache_entries", "cache_hit_rate", "epoch", "is_leader", "leader_address", "leader_id", "queue_dead", "queue_inflight", "queue_pending", "workers")
+    __slots__ = ("leader_id", "epoch", "leader_address", "is_leader", "queue_pending", "queue_inflight", "queue_dead", "workers", "cache_hit_rate", "cache_entries")
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -195,4 +193,4 @@ class StatusReply(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     cache_hit_rate: float
     cache_entries: int
-    def __init__(self, leader_id: str | None = ..., epoch: int | None = ..., leader_address: str | None = ..., is_leader: bool | None = ..., queue_pending: int | None = ..., queue_inflight: int | None = ..., queue_dead: int | None = ..., workers: _Iterable[WorkerStatus | _Mapping] | None = ..., cache_hit_rate: float | None = ..., cache_entries: int | None = ...) -> None: ...
+    def __init__(self, leader_id: _Optional[str] = ..., epoch: _Optional[int] = ..., leader_address: _Optional[str] = ..., is_leader: _Optional[bool] = ..., queue_pending: _Optional[int] = ..., queue_inflight: _Optional[int] = ..., queue_dead: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., cache_hit_rate: _Optional[float] = ..., cache_entries: _Optional[int] = ...) -> None: ...

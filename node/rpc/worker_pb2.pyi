@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
 from cynode.rpc import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -13,16 +11,16 @@ class ModelRequest(_message.Message):
     __slots__ = ("model",)
     MODEL_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: str | None = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelReply(_message.Message):
     __slots__ = ("model",)
     MODEL_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelInfo
-    def __init__(self, model: _common_pb2.ModelInfo | _Mapping | None = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("coalesce_ms", "epoch", "lease_id", "messages", "model", "prompt", "request_id", "resume_text", "resume_tokens", "sampling")
+    __slots__ = ("request_id", "model", "messages", "prompt", "sampling", "lease_id", "epoch", "resume_text", "resume_tokens", "coalesce_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -43,10 +41,10 @@ class PredictRequest(_message.Message):
     resume_text: str
     resume_tokens: int
     coalesce_ms: int
-    def __init__(self, request_id: str | None = ..., model: str | None = ..., messages: _Iterable[_common_pb2.ChatMessage | _Mapping] | None = ..., prompt: str | None = ..., sampling: _common_pb2.SamplingParams | _Mapping | None = ..., lease_id: str | None = ..., epoch: int | None = ..., resume_text: str | None = ..., resume_tokens: int | None = ..., coalesce_ms: int | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resume_text: _Optional[str] = ..., resume_tokens: _Optional[int] = ..., coalesce_ms: _Optional[int] = ...) -> None: ...
 
 class PredictChunk(_message.Message):
-    __slots__ = ("finish_reason", "logprobs", "text", "token_ids", "usage")
+    __slots__ = ("text", "token_ids", "finish_reason", "usage", "logprobs")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -57,10 +55,10 @@ class PredictChunk(_message.Message):
     finish_reason: str
     usage: _common_pb2.Usage
     logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
-    def __init__(self, text: str | None = ..., token_ids: _Iterable[int] | None = ..., finish_reason: str | None = ..., usage: _common_pb2.Usage | _Mapping | None = ..., logprobs: _Iterable[_common_pb2.TokenLogprob | _Mapping] | None = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("dimensions", "epoch", "input", "lease_id", "model", "request_id")
+    __slots__ = ("request_id", "model", "input", "lease_id", "epoch", "dimensions")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -73,30 +71,30 @@ class EmbedRequest(_message.Message):
     lease_id: str
     epoch: int
     dimensions: int
-    def __init__(self, request_id: str | None = ..., model: str | None = ..., input: _Iterable[str] | None = ..., lease_id: str | None = ..., epoch: int | None = ..., dimensions: int | None = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., input: _Optional[_Iterable[str]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., dimensions: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Iterable[float] | None = ...) -> None: ...
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbedReply(_message.Message):
-    __slots__ = ("data", "model", "usage")
+    __slots__ = ("data", "usage", "model")
     DATA_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     data: _containers.RepeatedCompositeFieldContainer[Embedding]
     usage: _common_pb2.Usage
     model: str
-    def __init__(self, data: _Iterable[Embedding | _Mapping] | None = ..., usage: _common_pb2.Usage | _Mapping | None = ..., model: str | None = ...) -> None: ...
+    def __init__(self, data: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("active_requests", "backend", "detail", "max_concurrency", "models", "node_id", "ready")
+    __slots__ = ("ready", "node_id", "backend", "models", "active_requests", "max_concurrency", "detail")
     READY_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -111,4 +109,4 @@ class HealthReply(_message.Message):
     active_requests: int
     max_concurrency: int
     detail: str
-    def __init__(self, ready: bool | None = ..., node_id: str | None = ..., backend: str | None = ..., models: _Iterable[_common_pb2.ModelInfo | _Mapping] | None = ..., active_requests: int | None = ..., max_concurrency: int | None = ..., detail: str | None = ...) -> None: ...
+    def __init__(self, ready: _Optional[bool] = ..., node_id: _Optional[str] = ..., backend: _Optional[str] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ..., active_requests: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
