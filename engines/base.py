@@ -94,6 +94,12 @@ class InferenceEngine(abc.ABC):
     async def abort(self, request_id: str) -> None:
         """Stop a running request; its stream ends with finish_reason "abort". Unknown ids are ignored."""
 
+    def capacity(self) -> int | None:
+        """Requests the engine generates at once within its memory, once started (more wait in its
+        queue); None when it cannot say. The worker admits this many per model (`[worker]
+        max_concurrency`, when set, is a ceiling on it) and publishes it in gossip."""
+        return None
+
     @abc.abstractmethod
     def health(self) -> EngineHealth:
         """Readiness and load, cheap enough to call on every health check."""

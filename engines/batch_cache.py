@@ -57,9 +57,10 @@ class _RaggedLayer(CacheLayerMixin):
 class RaggedKVCache(Cache):
     """Per-layer K/V for up to `max_rows` sequences of different lengths, decoded in one forward."""
 
-    def __init__(self, num_layers: int, max_rows: int, device: torch.device) -> None:
+    def __init__(self, num_layers: int, max_rows: int, device: torch.device, max_tokens: int | None = None) -> None:
         super().__init__(layers=[_RaggedLayer(self, i) for i in range(num_layers)])
         self.max_rows = max_rows
+        self.max_tokens = max_tokens  # growth slack stops at rows × columns = this (the batcher's KV cap)
         self.device = device
         self.lengths: list[int] = []  # cached tokens per row
         self._keys: list[torch.Tensor] = []  # per layer: [row capacity, heads, columns, head dim]
@@ -83,7 +84,7 @@ class RaggedKVCache(Cache):
             raise ValueError(f"expected K/V for {len(self.layers)} layers, got {len(kv)}")
         length = kv[0][0].shape[-2]
         if not self._keys:
-            self._allocate(kv, rows=1, columns=max(_MIN_COLUMNS, 2 * length))
+            self._allocate(kv, rows=1, columns=self._columns(1, length, max(_MIN_COLUMNS, 2 * length)))
             self._hi = length
         elif self.rows >= self._keys[0].shape[0] or length > self._hi:
             self._rebase(rows=self.rows + 1, hi=max(length, self.width))
@@ -132,6 +133,12 @@ class RaggedKVCache(Cache):
         self._values[layer][:rows, :, hi:hi + 1] = value
         return self._keys[layer][:rows, :, lo:hi + 1], self._values[layer][:rows, :, lo:hi + 1]
 
+    def _columns(self, rows: int, hi: int, wanted: int) -> int:
+        """`wanted` columns, less the growth slack that would take rows × columns past max_tokens."""
+        if self.max_tokens is None:
+            return wanted
+        return max(hi + 1, min(wanted, self.max_tokens // max(rows, 1)))
+
     def _allocate(self, like: Sequence[tuple[torch.Tensor, torch.Tensor]], rows: int, columns: int) -> None:
         def empty(t: torch.Tensor) -> torch.Tensor:
             return torch.zeros((rows, t.shape[1], columns, t.shape[3]), dtype=t.dtype, device=self.device)
@@ -142,7 +149,7 @@ class RaggedKVCache(Cache):
     def _rebase(self, rows: int, hi: int) -> None:
         """Copy the live columns into bigger buffers whose write column is `hi`, with room to grow."""
         row_capacity = min(self.max_rows, max(rows, 2 * self._keys[0].shape[0]))
-        columns = hi + max(_MIN_COLUMNS, hi)
+        columns = self._columns(row_capacity, hi, hi + max(_MIN_COLUMNS, hi))
         width, old_hi = self.width, self._hi
         old_keys, old_values = self._keys, self._values
         self._allocate([(k, v) for k, v in zip(old_keys, old_values)], row_capacity, columns)

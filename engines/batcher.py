@@ -1,19 +1,32 @@
 """Continuous batching: one thread owns the model and decodes every admitted sequence in one forward.
 
-Between two decode steps the thread drops the sequences that finished or were cancelled and admits
-waiting ones, first come first served, up to `max_batch`. A new sequence is prefilled alone (exactly
-the forward it would get as the only request), its first token is sampled and streamed at once, and
-its K/V joins the `RaggedKVCache`. Each decode step is then one forward for all rows: one token per
-row, each at its own position, with a mask that shows each row only its own tokens. So N streams cost
-one step per token, not N, and a sequence's greedy output in a batch equals its output alone.
+A round of the thread: drop the sequences that finished or were cancelled; admit waiting ones, first
+come first served, while the batch has a place (`max_batch`) and the KV cap (`kv_tokens`) has room;
+spend at most `prefill_tokens` prompt tokens on prefills; then one decode step for every running row.
+
+Prefill is chunked: a prompt longer than the round's budget is prefilled over several rounds, into a
+cache of its own, and the running streams get a decode step between every two chunks, so a long new
+prompt costs them about one chunk per token instead of its whole prefill. Several short prompts
+share a round's budget. When the last chunk is in, the first token is sampled and streamed, and the
+K/V joins the `RaggedKVCache`. Each decode step is one forward for all rows: one token per row, each
+at its own position, with a mask that shows each row only its own tokens. So N streams cost one step
+per token, not N, and a sequence's greedy output in a batch equals its output alone.
+
+The KV cap counts what the ragged cache really holds, rows × (longest row + 1) tokens (rows are
+padded to the longest), plus the prompts being prefilled. Before a decode step that would exceed it,
+the most recently admitted running sequence is preempted: its row is freed and it goes back to the
+front of the queue with the tokens it generated; when there is room again its prompt and those
+tokens are prefilled again (recomputation, as vLLM does) and it goes on from where it was, with its
+own sampler and generator untouched, so its output does not change. A lone sequence is never
+preempted (the engine sizes the cap to hold at least one sequence of the whole context).
 
 Only this thread touches the model. Other threads talk to it through `submit` and `cancel` (under one
 lock) and hear back through each sequence's `sink`, which must not block: the engine's sink is
 `loop.call_soon_threadsafe`. A cancelled sequence stops counting against the cap at once and leaves
 the batch before the next step, so an abort costs at most the step already running.
 
-Prefills are capped per round (`prefill_tokens`), so a burst of new requests cannot stall the
-running ones for long; at least one sequence is admitted each round while there is room.
+`trace`, when set to a list, receives ("prefill", request_id, tokens), ("decode", rows) and
+("preempt", request_id) in the order the thread ran them (tests count interleaving with it).
 """
 
 from __future__ import annotations
@@ -49,30 +62,40 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     # Set from any thread, read by the scheduler between steps: a plain flag is enough under the GIL.
     cancelled: bool = False
+    # The scheduler thread's own: the prefill in progress (ids to run, how many ran, their cache).
+    feed: list[int] = field(default_factory=list, repr=False)
+    fed: int = 0
+    kv: DynamicCache | None = field(default=None, repr=False)
+    admitted_at: int = 0  # admission order: the newest running sequence is preempted first
 
 
 class ContinuousBatcher:
     """The scheduler thread of one model. `start` it, `submit` sequences, `close` it."""
 
     def __init__(self, model, *, eos_ids: Iterable[int], max_batch: int, device: torch.device | str = "cpu",
-                 name: str = "model", prefill_tokens: int = 2048) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+                 name: str = "model", prefill_tokens: int = 256, kv_tokens: int | None = None) -> None:
+        if max_batch < 1 or prefill_tokens < 1 or (kv_tokens is not None and kv_tokens < 1):
+            raise ValueError("need max_batch >= 1, prefill_tokens >= 1 and kv_tokens >= 1 (or None)")
         self.model = model
         self.eos_ids = frozenset(eos_ids)
         self.max_batch = max_batch
         self.device = torch.device(device)
         self.name = name
-        self.prefill_tokens = prefill_tokens
+        self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per round (one chunk)
+        self.kv_tokens = kv_tokens  # cap on cached tokens (padded); None: no cap
         self._cond = threading.Condition()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._admitted: list[Sequence] = []  # prefilling or running; the thread adds and removes
+        self._prefilling: list[Sequence] = []  # admitted, prompt not fully in yet; thread only
         self._running: list[Sequence] = []  # row i of the cache is _running[i]; thread only
         self._cache = self._new_cache()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._admissions = 0
         self.steps = 0  # decode steps run (for tests and metrics)
         self.largest_batch = 0  # the most rows one decode step ever held
+        self.preemptions = 0  # sequences preempted to keep the cache under kv_tokens
+        self.trace: list | None = None
 
     # any thread ----------------------------------------------------------------------------------
 
@@ -125,57 +148,106 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         try:
             with torch.inference_mode():
-                while (admitted := self._next_round()) is not None:
-                    for seq in admitted:
-                        self._prefill(seq)
+                while self._next_round():
+                    if self._prefilling:
+                        self._prefill_round()
                     if self._running:
+                        self._make_room()
                         self._decode_step()
         except BaseException as exc:  # a bug here must not leave streams waiting forever
             log.exception("the batch scheduler of %s crashed", self.name)
             self._fail_all(exc)
             raise
         finally:
-            self._running, self._cache = [], self._new_cache()
+            self._running, self._prefilling, self._cache = [], [], self._new_cache()
 
-    def _next_round(self) -> list[Sequence] | None:
-        """Drop cancelled rows, then take waiting sequences that fit; None when closing."""
+    def _next_round(self) -> bool:
+        """Drop cancelled sequences, then admit waiting ones that fit; False when closing."""
         with self._cond:
-            while not (self._closing or self._waiting or self._running):
+            while not (self._closing or self._waiting or self._running or self._prefilling):
                 self._cond.wait()
             if self._closing:
                 self._admitted.clear()
-                return None
+                return False
         for row in reversed(range(len(self._running))):
             if self._running[row].cancelled:
                 self._leave(row)
-        admitted: list[Sequence] = []
-        budget = self.prefill_tokens
+        for seq in [s for s in self._prefilling if s.cancelled]:
+            self._prefilling.remove(seq)
+            seq.kv = None
+            self._forget(seq)
         with self._cond:
-            while self._waiting and len(self._running) + len(admitted) < self.max_batch:
-                if admitted and len(self._waiting[0].prompt_ids) > budget:
-                    break
-                seq = self._waiting.popleft()
-                budget -= len(seq.prompt_ids)
-                admitted.append(seq)
+            while self._waiting and len(self._running) + len(self._prefilling) < self.max_batch:
+                seq = self._waiting[0]
+                feed = seq.prompt_ids + seq.generated  # a preempted sequence brings what it generated
+                if (self._running or self._prefilling) and not self._fits(len(feed)):
+                    break  # first come first served: the head waits for room, nobody overtakes it
+                self._waiting.popleft()
+                seq.feed, seq.fed, seq.kv = feed, 0, DynamicCache()
+                self._admissions += 1
+                seq.admitted_at = self._admissions
                 self._admitted.append(seq)
-        return admitted
+                self._prefilling.append(seq)
+        return True
 
-    def _prefill(self, seq: Sequence) -> None:
-        if seq.cancelled:
-            self._forget(seq)
+    def _fits(self, new_tokens: int) -> bool:
+        """Whether one more sequence of `new_tokens` keeps the batch under the KV cap."""
+        if self.kv_tokens is None:
+            return True
+        rows = len(self._running) + len(self._prefilling) + 1
+        longest = max(self._cache.width, new_tokens, *(len(s.feed) for s in self._prefilling))
+        return rows * (longest + 1) <= self.kv_tokens
+
+    def _kv_in_use(self) -> int:
+        """Tokens the next decode step holds: padded running rows, and the prefills in progress."""
+        return len(self._running) * (self._cache.width + 1) + sum(s.fed for s in self._prefilling)
+
+    def _prefill_round(self) -> None:
+        """One chunk of prefill work: `prefill_tokens` prompt tokens over the prefills, oldest first."""
+        budget = self.prefill_tokens
+        for seq in list(self._prefilling):
+            if budget <= 0:
+                break
+            if seq.cancelled:
+                continue  # dropped at the next round
+            n = min(budget, len(seq.feed) - seq.fed)
+            budget -= n
+            try:
+                ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
+                out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1)
+                seq.fed += n
+                if self.trace is not None:
+                    self.trace.append(("prefill", seq.request_id, n))
+                if seq.fed < len(seq.feed):
+                    continue
+                self._prefilling.remove(seq)
+                kv, seq.kv, seq.feed = seq.kv, None, []
+                token = seq.sampler.pick(out.logits[0, -1])
+                if not self._emit(seq, token):
+                    self._cache.add([(layer.keys, layer.values) for layer in kv.layers])
+                    self._running.append(seq)
+            except Exception as exc:  # this request fails; the batch goes on
+                log.exception("prefill of request %s failed", seq.request_id)
+                if seq in self._prefilling:
+                    self._prefilling.remove(seq)
+                seq.kv = None
+                self._forget(seq)
+                seq.sink("error", exc)
+
+    def _make_room(self) -> None:
+        """Preempt the newest running sequences until the next decode step fits the KV cap."""
+        if self.kv_tokens is None:
             return
-        try:
-            cache = DynamicCache()
-            ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = seq.sampler.pick(out.logits[0, -1])
-            if not self._emit(seq, token):
-                self._cache.add([(layer.keys, layer.values) for layer in cache.layers])
-                self._running.append(seq)
-        except Exception as exc:  # this request fails; the batch goes on
-            log.exception("prefill of request %s failed", seq.request_id)
-            self._forget(seq)
-            seq.sink("error", exc)
+        while len(self._running) > 1 and self._kv_in_use() > self.kv_tokens:
+            row = max(range(len(self._running)), key=lambda r: self._running[r].admitted_at)
+            seq = self._running[row]
+            self._leave(row)
+            self.preemptions += 1
+            if self.trace is not None:
+                self.trace.append(("preempt", seq.request_id))
+            with self._cond:
+                if not seq.cancelled and not self._closing:
+                    self._waiting.appendleft(seq)  # resumes first, by recomputing its tokens
 
     def _decode_step(self) -> None:
         rows = self._running
@@ -191,6 +263,8 @@ class ContinuousBatcher:
             return
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(rows))
+        if self.trace is not None:
+            self.trace.append(("decode", [s.request_id for s in rows]))
         logits = out.logits[:, -1, :]
         greedy = logits.argmax(dim=-1).tolist() if any(s.sampler.plain_greedy for s in rows) else None
         done = []
@@ -236,10 +310,11 @@ class ContinuousBatcher:
         with self._cond:
             failed = [s for s in self._admitted if not s.cancelled]
             self._admitted.clear()
-        self._running, self._cache = [], self._new_cache()
+        self._running, self._prefilling, self._cache = [], [], self._new_cache()
         for seq in failed:
+            seq.kv = None
             seq.sink("error", exc)
 
     def _new_cache(self) -> RaggedKVCache:
         config = self.model.config.get_text_config(decoder=True)
-        return RaggedKVCache(config.num_hidden_layers, self.max_batch, self.device)
+        return RaggedKVCache(config.num_hidden_layers, self.max_batch, self.device, max_tokens=self.kv_tokens)

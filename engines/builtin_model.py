@@ -9,6 +9,13 @@ conversion runs under an exclusive `flock` on `<models_dir>/.smollm2-135m-instru
 into a temporary folder beside the target and renamed into place; a marker file written last tells a
 complete folder from one a crash left behind. torch and transformers are imported only when a
 conversion is actually needed, so importing this module stays cheap.
+
+The conversion runs in a spawned child process, never in the caller's. Measured on SmolLM2 (2-core
+host, `make bench-engines`, row "first start"): a process that converted the GGUF itself and then
+served the model decoded at about half the speed of the same process started again on the finished
+folder, for the life of the process. Whatever the GGUF loader leaves behind (dequantised tensors
+freed into a fragmented heap, thread pools of the loading thread, library state), a child that exits
+takes it all with it, so the serving process starts exactly as a restart does.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import logging
+import multiprocessing
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -63,7 +74,7 @@ def ensure_converted(gguf_path: Path, target: Path) -> Path:
             log.info("converting %s once into %s", gguf_path.name, target)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=models_dir))
             try:
-                _convert(gguf_path, tmp)
+                _convert_in_child(gguf_path, tmp)
                 (tmp / MARKER).write_text(f"converted from {gguf_path.name}\n")
                 # mkdtemp makes the folder private; the model is meant to be shared like any other.
                 tmp.chmod(0o755)
@@ -101,6 +112,51 @@ def _remove_leftovers(models_dir: Path, target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _convert_in_child(gguf_path: Path, out_dir: Path) -> None:
+    """Run `_convert` in a child process of its own (see the module docstring for why).
+
+    A plain interpreter runs `_child_main` (`python -c`), so the child never re-runs the caller's
+    script, as multiprocessing's spawn would (an unguarded script calling this would wait on its own
+    lock forever). The one-file binary has no `-m`: there the child is multiprocessing's spawn, which
+    the binary's entry point handles (`freeze_support`). The child's error comes back as ours.
+    """
+    if getattr(sys, "frozen", False):
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=_child_main, args=(str(gguf_path), str(out_dir)),
+                            name=f"convert-{gguf_path.stem}", daemon=True)
+        child.start()
+        child.join()
+        code, error = child.exitcode, ""
+    else:
+        run = subprocess.run([sys.executable, "-c", _CHILD_CODE, str(gguf_path), str(out_dir)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, errors="replace", check=False)
+        code, error = run.returncode, run.stderr
+    if code != 0:
+        message = _CHILD_ERROR.findall(error or "")
+        raise EngineError(message[-1] if message else
+                          f"converting {gguf_path} to {out_dir} failed: the converter process exited with {code}")
+
+
+_CHILD_CODE = f"import sys; from {__name__} import _child_main; _child_main(sys.argv[1], sys.argv[2])"
+_CHILD_ERROR = re.compile(r"^cynode-convert-error: (.*)$", re.MULTILINE)
+
+
+def _child_main(gguf_path: str, out_dir: str) -> None:
+    """The converter process: convert, or print one `cynode-convert-error:` line and exit 1."""
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF loader draws a progress bar of its own
+    try:
+        _convert(Path(gguf_path), Path(out_dir))
+    except EngineError as exc:
+        message = exc.message
+    except BaseException as exc:  # noqa: BLE001  (the parent reports it)
+        message = f"converting {gguf_path} to {out_dir} failed: {exc}"
+    else:
+        return
+    print("cynode-convert-error: " + message.replace("\n", " "), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def _convert(gguf_path: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -129,3 +185,4 @@ def _convert(gguf_path: Path, out_dir: Path) -> None:
         raise
     except Exception as exc:
         raise EngineError(f"converting {gguf_path} to {out_dir} failed: {exc}") from exc
+

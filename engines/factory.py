@@ -35,8 +35,8 @@ def _model_dir(spec: ModelSpec, models_dir: Path) -> Path:
 
 
 def _transformers(device: str) -> Callable[..., InferenceEngine]:
-    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
-               sim: Mapping[str, Any]) -> InferenceEngine:
+    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
+               sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
         if device == "cuda" and not probe.cuda():
             raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; "
                               "torch.cuda.is_available() is False here")
@@ -50,14 +50,15 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
                               "install them with `pip install 'cynode[cpu]'`") from exc
         dtype = "float32" if spec.dtype == "auto" else spec.dtype
         return TransformersEngine(_model_dir(spec, models_dir), spec.id, aliases=spec.aliases, backend=backend,
-                                  device=device, dtype=dtype, max_concurrency=max_concurrency)
+                                  device=device, dtype=dtype, max_concurrency=max_concurrency,
+                                  memory_budget=memory_budget)
 
     return create
 
 
 def _embedding(device: str) -> Callable[..., InferenceEngine]:
-    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
-               sim: Mapping[str, Any]) -> InferenceEngine:
+    def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
+               sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
         try:
             from cynode.engines.embedding_engine import EmbeddingEngine
         except ImportError as exc:
@@ -69,15 +70,18 @@ def _embedding(device: str) -> Callable[..., InferenceEngine]:
     return create
 
 
-def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
-         sim: Mapping[str, Any]) -> InferenceEngine:
+def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
+         sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+    from cynode.engines.admission import DEFAULT_CONCURRENCY
     from cynode.engines.sim_engine import SimEngine
 
-    return SimEngine(spec.id, aliases=spec.aliases, max_concurrency=max_concurrency, **dict(sim))
+    # No memory to size by: the ceiling, or the default.
+    return SimEngine(spec.id, aliases=spec.aliases, max_concurrency=max_concurrency or DEFAULT_CONCURRENCY,
+                     **dict(sim))
 
 
-def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
-          sim: Mapping[str, Any]) -> InferenceEngine:
+def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
+          sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
     # Checked before a model is converted (about 20 s), so a missing piece fails fast.
     if backend == "cuda-vllm" and not probe.cuda():
         raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
@@ -88,7 +92,7 @@ def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: i
     return _vllm_engine(backend, spec, models_dir, max_concurrency)
 
 
-def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrency: int) -> InferenceEngine:
+def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrency: int | None) -> InferenceEngine:
     """The same engine on every platform: the installed vLLM (or its Ascend plugin) picks the device."""
     from cynode.engines.vllm_engine import VllmEngine
 
@@ -99,8 +103,8 @@ def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrenc
                       max_model_len=spec.context_length)
 
 
-def _ascend_vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int, probe: Probe,
-                 sim: Mapping[str, Any]) -> InferenceEngine:
+def _ascend_vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
+                 sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
     missing = [name for name, module in (("torch-npu", "torch_npu"), ("vllm-ascend", "vllm_ascend"), ("vllm", "vllm"))
                if importlib.util.find_spec(module) is None]
     if missing or not probe.npu():
@@ -148,12 +152,15 @@ def backend_for(worker_backend: str, spec: ModelSpec, *, probe: Probe | None = N
     return f"{family}-{spec.engine}"
 
 
-def create_engine(backend: str, *, models_dir: Path, max_concurrency: int, probe: Probe | None = None,
-                  sim: Mapping[str, Any] | None = None, spec: ModelSpec | None = None) -> InferenceEngine:
+def create_engine(backend: str, *, models_dir: Path, max_concurrency: int | None = None, probe: Probe | None = None,
+                  sim: Mapping[str, Any] | None = None, spec: ModelSpec | None = None,
+                  memory_budget: int | None = None) -> InferenceEngine:
     """An engine (not yet started) serving `spec` (default: the built-in model, or "sim" on the sim
     backend) on `backend`, the
     worker's backend (`[worker] backend`), adjusted by `backend_for` to the model's engine.
 
+    `max_concurrency` is an optional ceiling on the engine's own capacity; `memory_budget` the bytes
+    a transformers engine may give its KV cache (default: a share of the device's free memory).
     Converting a GGUF model can take ~20 s on first use; call this off the event loop.
     """
     from cynode.engines.registry import builtin_spec, sim_spec
@@ -162,4 +169,4 @@ def create_engine(backend: str, *, models_dir: Path, max_concurrency: int, probe
     spec = spec or (sim_spec() if select_backend(backend, probe=probe) == "sim" else builtin_spec())
     chosen = backend_for(backend, spec, probe=probe)
     return _ENGINES[chosen](chosen, spec=spec, models_dir=Path(models_dir), max_concurrency=max_concurrency,
-                            probe=probe, sim=sim or {})
+                            probe=probe, sim=sim or {}, memory_budget=memory_budget)

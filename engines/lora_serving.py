@@ -50,7 +50,7 @@ def registry_with_adapters(base: ModelRegistry, adapters: dict[str, dict[str, An
     return ModelRegistry(specs, source=base.source, builtin=False), bases
 
 
-def adapter_engine(spec: ModelSpec, base_dir: Path, *, backend: str, max_concurrency: int):
+def adapter_engine(spec: ModelSpec, base_dir: Path, *, backend: str, max_concurrency: int | None):
     """The engine serving adapter `spec` on top of the base model folder `base_dir`."""
     device = "cuda" if backend.startswith("cuda") else "npu" if backend.startswith("ascend") else "cpu"
     dtype = "float32" if spec.dtype == "auto" else spec.dtype

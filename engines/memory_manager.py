@@ -5,8 +5,11 @@
 
 Rules, in the order a request meets them:
 - A name the registry does not know is a 404 (`model_not_found`).
-- Each model admits `per_model_concurrency` users at once; later ones queue first in, first out
-  (an `asyncio.Semaphore` per model), so `use` blocks while the model is full.
+- Each model admits as many users at once as its engine batches (`InferenceEngine.capacity()`:
+  for transformers, what its KV cache fits in memory; for vLLM, its scheduler's limit), under the
+  optional ceiling `per_model_concurrency`; later ones queue first in, first out (an
+  `AdmissionGate` per model), so `use` blocks while the model is full. Until a model is loaded the
+  limit is provisional: the ceiling, or DEFAULT_CONCURRENCY.
 - Loading is single-flight: however many requests arrive for a model that is not loaded, one load
   runs and all of them await it. The load is a task of the manager's, shielded from its waiters, so
   one client going away does not cancel the load for the others. A failed load leaves nothing
@@ -36,6 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
 from cynode.engines.base import InferenceEngine
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
@@ -94,7 +98,7 @@ class _Slot:
     """One model's place on this worker: its engine (when loaded), its users and its queue."""
 
     spec: ModelSpec
-    semaphore: asyncio.Semaphore
+    gate: AdmissionGate
     engine: InferenceEngine | None = None
     loading: asyncio.Task | None = None
     footprint: int = 0  # reserved while loading, held while loaded
@@ -111,10 +115,11 @@ class MemoryManager:
     def __init__(self, registry: ModelRegistry, *, budget_bytes: int,
                  factory: Callable[[ModelSpec], InferenceEngine],
                  footprint: Callable[[ModelSpec], int] = estimate_footprint,
-                 idle_unload: float | None = None, per_model_concurrency: int = 8,
+                 idle_unload: float | None = None, per_model_concurrency: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if budget_bytes < 1 or per_model_concurrency < 1 or (idle_unload is not None and idle_unload < 0):
-            raise ValueError("need budget_bytes >= 1, per_model_concurrency >= 1 and idle_unload >= 0 or None")
+        if budget_bytes < 1 or (per_model_concurrency is not None and per_model_concurrency < 1) or \
+                (idle_unload is not None and idle_unload < 0):
+            raise ValueError("need budget_bytes >= 1, per_model_concurrency >= 1 or None and idle_unload >= 0 or None")
         self._registry = registry
         self.budget_bytes = budget_bytes
         self._factory = factory
@@ -149,12 +154,12 @@ class MemoryManager:
             slot = self._slot(name)
             slot.waiting += 1
             try:
-                await slot.semaphore.acquire()
+                await slot.gate.acquire()
             finally:
                 slot.waiting -= 1
             if not slot.retired:
                 break
-            slot.semaphore.release()  # the registry changed while we queued: queue for the new model
+            slot.gate.release()  # the registry changed while we queued: queue for the new model
         slot.in_use += 1
         try:
             engine = await self._ensure_loaded(slot)
@@ -162,7 +167,7 @@ class MemoryManager:
         finally:
             slot.in_use -= 1
             slot.last_used = self._clock()
-            slot.semaphore.release()
+            slot.gate.release()
             if slot.retired and slot.in_use == 0 and slot.engine is not None:
                 async with self._budget_lock:
                     await self._unload_slot(slot)
@@ -191,6 +196,12 @@ class MemoryManager:
                 await self._unload_slot(slot)
 
     # status ------------------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Requests this worker generates at once for one model: the largest admission limit of the
+        loaded models (before any is loaded, the provisional one). Published in gossip."""
+        limits = [s.gate.limit for s in self._all_slots() if s.engine is not None]
+        return max(limits, default=self._per_model or DEFAULT_CONCURRENCY)
 
     def loaded(self) -> list[str]:
         """Ids of the models loaded now (a model retiring after a registry change included)."""
@@ -272,7 +283,7 @@ class MemoryManager:
                                status=404, code="model_not_found", param="model")
         slot = self._slots.get(spec.id)
         if slot is None:
-            slot = self._slots[spec.id] = _Slot(spec, asyncio.Semaphore(self._per_model))
+            slot = self._slots[spec.id] = _Slot(spec, AdmissionGate(self._per_model or DEFAULT_CONCURRENCY))
         return slot
 
     async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
@@ -320,6 +331,11 @@ class MemoryManager:
                 raise
             raise EngineError(f"model {spec.id}: loading failed: {exc}") from exc
         slot.engine, slot.fingerprint, slot.last_used = engine, fingerprint, self._clock()
+        capacity = engine.capacity()
+        limit = min(capacity, self._per_model or capacity) if capacity else self._per_model or DEFAULT_CONCURRENCY
+        slot.gate.set_limit(limit)
+        log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s)", spec.id, limit,
+                 capacity if capacity else "unknown", self._per_model or "none")
         return engine
 
     async def _make_room(self, slot: _Slot, need: int) -> None:

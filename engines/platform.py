@@ -5,7 +5,9 @@ its device holds and how busy it is (vLLM's `platforms/` is the model).
     Probe              what accelerators the host has; tests pass their own to pretend to be another host
     select_backend     "auto" -> the best backend this host can run
     platform_of        the `Platform` (cpu, cuda, npu) a backend runs on
-    Platform           free memory, memory in use and utilisation of that device
+    device_platform    the `Platform` of a torch device name ("cpu", "cuda:1", "npu")
+    Platform           free memory, memory in use and utilisation of that device; `torch_device`
+                       readies torch for it (torch_npu registers "npu") and returns the device
 
 Nothing heavy is imported here: torch (and torch_npu, pynvml) only when an accelerator is asked
 about, so a gateway or a CPU worker pays nothing. On a CPU host the "device" figures are the
@@ -20,7 +22,7 @@ import os
 
 from cynode.errors import EngineError
 
-__all__ = ["BACKENDS", "Platform", "Probe", "platform_of", "select_backend"]
+__all__ = ["BACKENDS", "Platform", "Probe", "device_platform", "platform_of", "select_backend"]
 
 BACKENDS = (
     "cpu-transformers", "cuda-transformers", "ascend-transformers",
@@ -69,10 +71,16 @@ class Platform:
     """A device family's memory and utilisation figures. The CPU's are the base class's."""
 
     name = "cpu"
-    torch_device = "cpu"
+    torch_device_name = "cpu"
 
     def __init__(self) -> None:
         self._process = None
+
+    def torch_device(self, name: str | None = None):
+        """The torch device `name` (default: this family's), after whatever torch needs to know it."""
+        import torch
+
+        return torch.device(name or self.torch_device_name)
 
     def free_memory(self) -> int:
         """Bytes the device can still give (the host's MemAvailable on the CPU)."""
@@ -105,7 +113,11 @@ class _TorchAccelerator(Platform):
 
         if self.name == "npu":
             import torch_npu  # noqa: F401  (registers torch.npu)
-        return getattr(torch, self.torch_device)
+        return getattr(torch, self.torch_device_name)
+
+    def torch_device(self, name: str | None = None):
+        self._backend()  # on the NPU this imports torch_npu, which registers the device with torch
+        return super().torch_device(name)
 
     def _mem_info(self) -> tuple[int, int]:
         backend = self._backend()
@@ -127,7 +139,7 @@ class CudaPlatform(_TorchAccelerator):
     """NVIDIA: memory through torch, utilisation through NVML (the `cuda` extra: nvidia-ml-py)."""
 
     name = "cuda"
-    torch_device = "cuda"
+    torch_device_name = "cuda"
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,7 +169,7 @@ class NpuPlatform(_TorchAccelerator):
     """Ascend: memory through torch_npu. Not yet verified on NPU hardware."""
 
     name = "npu"
-    torch_device = "npu"
+    torch_device_name = "npu"
 
 
 def platform_of(backend: str) -> Platform:
@@ -166,6 +178,16 @@ def platform_of(backend: str) -> Platform:
     if family == "cuda":
         return CudaPlatform()
     if family == "ascend":
+        return NpuPlatform()
+    return Platform()
+
+
+def device_platform(device: str) -> Platform:
+    """The Platform of a torch device name: "cuda" and "cuda:1" are CUDA, "npu..." Ascend, else the CPU."""
+    family = str(device).split(":", 1)[0]
+    if family == "cuda":
+        return CudaPlatform()
+    if family == "npu":
         return NpuPlatform()
     return Platform()
 

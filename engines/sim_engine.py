@@ -94,6 +94,9 @@ class SimEngine(InferenceEngine):
         self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self._started = self._closed = False
 
+    def capacity(self) -> int | None:
+        return self.max_concurrency
+
     async def start(self) -> None:
         if self._closed:
             raise EngineError(f"engine for {self.model_id} is closed")

@@ -3,7 +3,10 @@
 This file is the facade: it loads the model, checks and encodes requests, and turns each request's
 token ids into the `TokenDelta` stream of the engine interface. The work is done by:
 - `batcher.ContinuousBatcher`: the one thread that owns the model; requests join and leave a running
-  batch between decode steps, up to `max_concurrency` at once, later ones wait first in, first out;
+  batch between decode steps, up to `capacity()` at once, later ones wait first in, first out;
+- `kv_memory`: that capacity, from the KV cache's bytes per token, the context length and the memory
+  budget (`memory_budget`, default KV_SHARE of what the device has free once the weights are in),
+  under the optional ceiling `max_concurrency`;
 - `batch_cache.RaggedKVCache`: the K/V of the running batch, one row per sequence;
 - `sampling.TokenSampler`: penalties and sampling per request, with the request's own generator;
 - `detokenizer.DeltaAssembler`: text deltas, stop strings, finish reason and usage, on the event loop.
@@ -30,6 +33,9 @@ from cynode.engines.batcher import ContinuousBatcher, Sequence
 from cynode.engines.detokenizer import DeltaAssembler
 from cynode.engines.base import check_sampling
 from cynode.engines.logprobs import LogprobTracker, sampler_for
+from cynode.engines.kv_memory import batch_capacity, kv_bytes_per_token
+from cynode.engines.platform import device_platform
+from cynode.engines.sampling import TokenSampler
 from cynode.errors import EngineError, RequestError
 
 
@@ -50,21 +56,31 @@ class _Stream:
                 self.seq.cancelled = True
 
 
+KV_SHARE = 0.8  # of the device's free memory after the weights, for the KV cache, when no budget is given
+
+
 class TransformersEngine(InferenceEngine):
     """Serves one model folder (safetensors + tokenizer) with HF transformers on CPU, CUDA or NPU."""
 
     def __init__(self, model_dir: Path, model_id: str, *, aliases: tuple[str, ...] = (),
                  backend: str = "cpu-transformers", device: str = "cpu", dtype: str = "float32",
-                 max_concurrency: int = 8) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
+                 max_concurrency: int | None = None, memory_budget: int | None = None) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1 (or None: as many as the memory allows)")
+        if memory_budget is not None and memory_budget < 1:
+            raise ValueError("memory_budget must be >= 1 byte (or None: KV_SHARE of the free memory)")
         self.model_dir = Path(model_dir)
         self.model_id = model_id
         self.aliases = tuple(aliases)
         self.backend = backend
         self.device_name = device
         self.dtype = dtype
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = max_concurrency  # a ceiling on capacity(); None: none
+        self.memory_budget = memory_budget  # bytes for the KV cache; None: KV_SHARE of free memory
+        self.kv_bytes_per_token = 0
+        self.kv_token_budget = 0  # the batcher's cap on cached tokens
+        self._capacity: int | None = None
+        self._platform = device_platform(device)
         self._names = {model_id, *self.aliases}
         self._model = None
         self._tokenizer = None
@@ -84,9 +100,21 @@ class TransformersEngine(InferenceEngine):
         if self._closed:
             raise EngineError(f"engine for {self.model_id} is closed")
         await asyncio.to_thread(self._load)
-        self._batcher = ContinuousBatcher(self._model, eos_ids=self._eos_ids, max_batch=self.max_concurrency,
-                                          device=self._model.device, name=self.model_id)
+        self._size_batch()
+        self._batcher = ContinuousBatcher(self._model, eos_ids=self._eos_ids, max_batch=self._capacity,
+                                          device=self._model.device, name=self.model_id,
+                                          kv_tokens=self.kv_token_budget)
         self._batcher.start()
+
+    def _size_batch(self) -> None:
+        """Capacity and the KV cap from the model's cache geometry and the memory budget (kv_memory.py)."""
+        itemsize = next(self._model.parameters()).dtype.itemsize
+        self.kv_bytes_per_token = kv_bytes_per_token(self._model.config, itemsize)
+        budget = self.memory_budget or int(self._platform.free_memory() * KV_SHARE)
+        context = self._context_length or 2048
+        self._capacity = batch_capacity(budget, self.kv_bytes_per_token, context, ceiling=self.max_concurrency)
+        # Never below one full-context sequence: a request the context admits must be able to finish.
+        self.kv_token_budget = max(context, budget // self.kv_bytes_per_token)
 
     def _load(self) -> None:
         if not (self.model_dir / "config.json").is_file():
@@ -96,9 +124,7 @@ class TransformersEngine(InferenceEngine):
             raise EngineError(f"model {self.model_id}: unknown dtype {self.dtype!r} (try float32 or bfloat16)")
         hf_logging.disable_progress_bar()  # progress bars would flood the daemon's log
         try:
-            if self.device_name.startswith("npu"):
-                import torch_npu  # noqa: F401  (registers the "npu" device with torch)
-            device = torch.device(self.device_name)
+            device = self._platform.torch_device(self.device_name)
             tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, local_files_only=True)
             model.to(device).eval()
@@ -121,6 +147,10 @@ class TransformersEngine(InferenceEngine):
         self._model = self._tokenizer = None
 
     # status ------------------------------------------------------------------------------------
+
+    def capacity(self) -> int | None:
+        """Sequences batched at once (None before start): see kv_memory.py."""
+        return self._capacity
 
     @property
     def active_requests(self) -> int:

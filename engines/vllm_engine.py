@@ -85,7 +85,7 @@ class VllmEngine(InferenceEngine):
     """Serves one model folder (safetensors + tokenizer) and its LoRA adapters with vLLM."""
 
     def __init__(self, model_dir: Path, model_id: str, *, aliases: tuple[str, ...] = (),
-                 backend: str = "cpu-vllm", max_concurrency: int = 16, dtype: str = "float32",
+                 backend: str = "cpu-vllm", max_concurrency: int | None = None, dtype: str = "float32",
                  enforce_eager: bool = True, kv_cache_gib: float | None = 2.0, max_model_len: int | None = None,
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
                  max_cpu_loras: int | None = None) -> None:
@@ -180,6 +180,15 @@ class VllmEngine(InferenceEngine):
         llm = self._llm
         inside = llm.get_num_unfinished_requests() if llm is not None else 0
         return inside + self._preparing
+
+    def capacity(self) -> int | None:
+        """vLLM's scheduler limit (max_num_seqs, which it chose itself unless a ceiling was given)."""
+        if self._llm is None:
+            return None
+        try:
+            return int(self._llm.vllm_config.scheduler_config.max_num_seqs) or None
+        except (AttributeError, TypeError, ValueError):
+            return self.settings.max_concurrency
 
     def health(self) -> EngineHealth:
         if self._closed:

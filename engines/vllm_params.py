@@ -42,15 +42,16 @@ class VllmSettings:
     enforce_eager: bool = True  # CPU start-up about 50 s instead of about 180 s (ENVIRONMENT.md)
     kv_cache_gib: float | None = 2.0  # None: vLLM sizes the cache itself (gpu_memory_utilization on CUDA)
     max_model_len: int | None = None  # None: the model's own context length
-    max_concurrency: int = 16  # sequences in one batch (vLLM's max_num_seqs); more wait in vLLM's queue
+    # Sequences in one batch (vLLM's max_num_seqs); more wait in vLLM's queue. None: vLLM's own default.
+    max_concurrency: int | None = None
     enable_lora: bool = False
     max_loras: int = 1  # adapters in one batch
     max_lora_rank: int = 16  # one of vLLM's MaxLoRARanks: 1, 8, 16, 32, 64, 128, 256, 320, 512
     max_cpu_loras: int | None = None  # adapters kept loaded; None: vLLM's default (max_loras)
 
     def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise ValueError("max_concurrency must be >= 1")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1 (or None: vLLM's own limit)")
         if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
             raise ValueError("kv_cache_gib must be > 0 (or None to let vLLM size the cache)")
         if self.max_loras < 1:
@@ -70,9 +71,10 @@ def engine_kwargs(model_dir: str, model_id: str, settings: VllmSettings) -> dict
         served_model_name=model_id,
         dtype=settings.dtype,
         enforce_eager=settings.enforce_eager,
-        max_num_seqs=settings.max_concurrency,
         disable_log_stats=True,  # the worker exports its own metrics; vLLM's would log every 10 s
     )
+    if settings.max_concurrency is not None:  # a ceiling; otherwise vLLM's scheduler sets its own
+        kwargs["max_num_seqs"] = settings.max_concurrency
     if settings.max_model_len is not None:
         kwargs["max_model_len"] = settings.max_model_len
     if settings.kv_cache_gib is not None:

@@ -122,7 +122,7 @@ class RequestPath:
         manager = MemoryManager(ModelRegistry([sim_spec()], builtin=False), budget_bytes=1 << 30,
                                 factory=make_engine, per_model_concurrency=capacity)
         await manager.load("sim")
-        service = WorkerService(worker_id, "sim", manager, metrics, capacity)
+        service = WorkerService(worker_id, "sim", manager, metrics)
         server = RpcServer("worker", address, local=self.local, addresses=(address,))
         server.add(worker_pb2_grpc.add_WorkerServicer_to_server, service)
         await server.start()

@@ -256,8 +256,10 @@ class WorkerSection(Section):
     """Share of assignments relative to other workers."""
     tags: tuple[str, ...] = ("inference", "training")
     """What this worker offers."""
-    max_concurrency: int = Field(default=8, ge=1)
-    """Requests generated at once per model; more wait for a slot."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Optional ceiling on requests generated at once per model; more wait for a slot. Default: as many
+    as the engine batches within memory (transformers: the KV cache that fits the memory budget at the
+    model's full context; vLLM: its scheduler's own limit)."""
     memory_budget: ByteSize | None = None
     """Memory the loaded models may use ("24GiB"); default: 80% of what is available at start."""
     idle_unload: Duration = 0.0

@@ -65,8 +65,7 @@ class WorkerRole(Role):
                 await self._manager.load(registry.specs[0].id)
             except CynodeError as exc:
                 raise StartupError(f"[worker] backend {self._backend!r}: {exc.message}") from exc
-        self._service = WorkerService(self._ctx.config.node.id, self._backend, self._manager, self._metrics,
-                                      self._config.max_concurrency)
+        self._service = WorkerService(self._ctx.config.node.id, self._backend, self._manager, self._metrics)
         self._metrics.active.set_function(self._service.active_requests)
         self._metrics.gpu_memory_used.set_function(self._platform.memory_used)
         self._metrics.gpu_utilization.set_function(self._platform.utilization)
@@ -166,7 +165,12 @@ class WorkerRole(Role):
         return ModelRegistry.load(self._config.model_registry)
 
     def _make_engine(self, spec: ModelSpec) -> InferenceEngine:
-        """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use)."""
+        """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use).
+
+        The engine's KV cache may use what the memory budget has left once this model's weights are
+        reserved (the manager reserves them before calling this); its capacity follows from that.
+        A published fine-tuned adapter is served as a model of its own on its base's weights.
+        """
         base = self._adapter_bases.get(spec.id)
         if base is not None:
             from cynode.engines.factory import _model_dir
@@ -174,8 +178,10 @@ class WorkerRole(Role):
 
             return adapter_engine(spec, _model_dir(base, self._ctx.config.models_path),
                                   backend=self._adapter_backend(base.id), max_concurrency=self._config.max_concurrency)
+        kv_budget = max(1, self._manager.budget_bytes - self._manager.used_bytes)
         return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
-                             max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump())
+                             max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump(),
+                             memory_budget=kv_budget)
 
     async def reload(self) -> None:
         """SIGHUP: re-read models.json; new models become servable, removed ones unload once idle."""
@@ -206,7 +212,7 @@ class WorkerRole(Role):
                 self._ctx.gossip.publish(
                     models=[s.id for s in self._manager.registry.specs], loaded=self._manager.loaded(),
                     backend=self._backend, active=self._service.active_requests(),
-                    capacity=self._config.max_concurrency, weight=self._config.weight, tags=list(self._config.tags),
+                    capacity=self._manager.capacity(), weight=self._config.weight, tags=list(self._config.tags),
                     free_mem=self._platform.free_memory(),
                 )
             except Exception:

@@ -24,13 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, node_id: str, backend: str, manager: MemoryManager, metrics: WorkerMetrics,
-                 max_concurrency: int) -> None:
+    def __init__(self, node_id: str, backend: str, manager: MemoryManager, metrics: WorkerMetrics) -> None:
         self._node_id = node_id
         self._backend = backend
         self._manager = manager
         self._metrics = metrics
-        self._max_concurrency = max_concurrency
         # Fencing: the highest leader epoch seen; assignments from older leaders are refused.
         self.highest_epoch = 0
 
@@ -134,7 +132,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Health(self, request: worker_pb2.HealthRequest, context) -> worker_pb2.HealthReply:
         return worker_pb2.HealthReply(
             ready=True, node_id=self._node_id, backend=self._backend, models=self.model_infos(),
-            active_requests=self.active_requests(), max_concurrency=self._max_concurrency, detail="ok",
+            active_requests=self.active_requests(), max_concurrency=self._manager.capacity(), detail="ok",
         )
 
     async def LoadModel(self, request: worker_pb2.ModelRequest, context) -> worker_pb2.ModelReply:

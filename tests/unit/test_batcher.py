@@ -247,3 +247,86 @@ def test_closing_the_scheduler_stops_its_thread_and_refuses_new_sequences(make_b
     assert batcher.active == 0
     with pytest.raises(RuntimeError):
         batcher.submit(Stream("late", PROMPTS[1], 5).seq)
+
+
+# chunked prefill, the KV cap and preemption ----------------------------------------------------
+
+def alone_with(make_batcher, prompt_ids: list[int], max_new: int, **batcher_kwargs) -> list[int]:
+    stream = Stream("alone", prompt_ids, max_new)
+    make_batcher(max_batch=1, **batcher_kwargs).submit(stream.seq)
+    return stream.wait()
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_a_decode_step_of_the_running_stream_between_each(make_batcher):
+    running_prompt, long_prompt = PROMPTS[1], prompt(60, 600)
+    expected = [alone_with(make_batcher, running_prompt, 80, prefill_tokens=64),
+                alone_with(make_batcher, long_prompt, 5, prefill_tokens=64)]
+    batcher = make_batcher(max_batch=2, prefill_tokens=64)
+    batcher.trace = trace = []
+    running = Stream("running", running_prompt, 80)
+    batcher.submit(running.seq)
+    running.wait_tokens(3)
+    long = Stream("long", long_prompt, 5)
+    batcher.submit(long.seq)
+    assert [running.wait(), long.wait()] == expected  # nobody's output changes
+    chunks = [i for i, event in enumerate(trace) if event[0] == "prefill" and event[1] == "long"]
+    assert [trace[i][2] for i in chunks] == [64] * 9 + [600 - 9 * 64]
+    # Between every two chunks of the long prompt the running stream got a decode step.
+    for before, after in zip(chunks, chunks[1:]):
+        between = [e for e in trace[before + 1:after] if e[0] == "decode"]
+        assert len(between) == 1 and "running" in between[0][1]
+
+
+def test_short_prompts_arriving_together_share_one_round_of_prefill(make_batcher):
+    batcher = make_batcher(max_batch=4, prefill_tokens=256)
+    batcher.trace = trace = []
+    streams = [Stream(f"s{i}", PROMPTS[i], 3) for i in range(4)]
+    with batcher._cond:  # all four are waiting when the scheduler next looks
+        for stream in streams:
+            batcher._waiting.append(stream.seq)
+        batcher._cond.notify()
+    for stream in streams:
+        stream.wait()
+    first_decode = next(i for i, e in enumerate(trace) if e[0] == "decode")
+    assert sorted(e[1] for e in trace[:first_decode]) == ["s0", "s1", "s2", "s3"]
+    assert trace[first_decode] == ("decode", ["s0", "s1", "s2", "s3"])
+
+
+def test_sequences_preempted_under_the_kv_cap_resume_with_their_output_alone(make_batcher):
+    prompts = [PROMPTS[i] for i in (0, 1, 4, 7)]  # 5, 17, 11 and 8 tokens
+    expected = [alone(make_batcher, p, 40) for p in prompts]
+    batcher = make_batcher(max_batch=4, kv_tokens=150)
+    batcher.trace = trace = []
+    streams = [Stream(f"s{i}", p, 40) for i, p in enumerate(prompts)]
+    for stream in streams:
+        batcher.submit(stream.seq)
+    assert [s.wait() for s in streams] == expected
+    assert batcher.preemptions >= 1
+    preempted = [e[1] for e in trace if e[0] == "preempt"]
+    assert preempted and set(preempted) <= {"s1", "s2", "s3"}  # the newest go first, never the oldest
+
+
+def test_the_kv_cap_bounds_every_decode_step_and_admits_only_what_fits(make_batcher, model):
+    widths = []
+    batcher = make_batcher(max_batch=8, kv_tokens=200)
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["attention_mask"].shape[0] * kw["attention_mask"].shape[-1])
+        if kw.get("attention_mask") is not None else None, with_kwargs=True)
+    try:
+        streams = [Stream(f"s{i}", p, 30) for i, p in enumerate(PROMPTS)]
+        for stream in streams:
+            batcher.submit(stream.seq)
+        for stream in streams:
+            assert len(stream.wait()) == 30
+    finally:
+        hook.remove()
+    assert widths and max(widths) <= 200  # rows × (longest + 1): what the step's attention covers
+    assert batcher.largest_batch < 8  # eight rows of up to 70 tokens do not fit 200
+
+
+def test_a_lone_sequence_longer_than_the_kv_cap_still_finishes(make_batcher):
+    expected = alone(make_batcher, PROMPTS[3], 30)
+    batcher = make_batcher(max_batch=2, kv_tokens=20)
+    stream = Stream("long", PROMPTS[3], 30)
+    batcher.submit(stream.seq)
+    assert stream.wait() == expected and batcher.preemptions == 0
