@@ -23,11 +23,11 @@ def _emit_table(model: type[BaseModel], path: list[str], lines: list[str]) -> No
     for name, field in model.model_fields.items():
         nested = _nested_model(field.annotation)
         if nested is not None:
-            sub_tables.append((name, nested, _is_array(field.annotation), field.description or ""))
+            sub_tables.append((name, nested, _is_array(field.annotation), _one_line(field.description)))
             continue
         default = _default_of(model, name)
         entry = f"# {name} =" if default == "(unset)" else f"{name} = {default}"
-        scalars.append(entry.ljust(40) + f"  # {field.description or ''}")
+        scalars.append(entry.ljust(40) + f"  # {_one_line(field.description)}")
     if path and scalars:
         lines.append(f"[{'.'.join(path)}]")
     lines.extend(scalars)
@@ -38,7 +38,7 @@ def _emit_table(model: type[BaseModel], path: list[str], lines: list[str]) -> No
             lines.append(f"# [[{'.'.join(path + [name])}]]  {description} (none by default); each has:")
             for sub_name, sub_field in nested.model_fields.items():
                 default = _default_of(nested, sub_name)
-                lines.append(f"#   {sub_name} = {default}".ljust(40) + f"  # {sub_field.description or ''}")
+                lines.append(f"#   {sub_name} = {default}".ljust(40) + f"  # {_one_line(sub_field.description)}")
             lines.append("")
         else:
             _emit_table(nested, path + [name], lines)
@@ -78,3 +78,8 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
 
 def _is_array(annotation: Any) -> bool:
     return getattr(annotation, "__origin__", None) in (tuple, list)
+
+
+def _one_line(description: str | None) -> str:
+    """A field's doc string on one comment line, however it was wrapped in the source."""
+    return " ".join((description or "").split())
