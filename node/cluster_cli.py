@@ -26,8 +26,12 @@ def admin_key_from_file(config: NodeConfig) -> str | None:
     return next((k["key"] for k in keys if "admin" in k.get("scopes", []) and "key" in k), None)
 
 
-def fetch(url: str, path: str, key: str, timeout: float = 10.0) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {key}"})
+def fetch(url: str, path: str, key: str, timeout: float = 10.0, *, method: str = "GET", body: dict | None = None,
+          command: str = "cynode") -> dict:
+    """One admin call to a node's HTTP API; an error answer or no answer exits with what happened."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return json.loads(reply.read())
@@ -36,9 +40,9 @@ def fetch(url: str, path: str, key: str, timeout: float = 10.0) -> dict:
             message = json.loads(err.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = err.reason
-        raise SystemExit(f"cynode: {url}{path} answered {err.code}: {message}") from None
+        raise SystemExit(f"{command}: {method} {url}{path} answered {err.code}: {message}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise SystemExit(f"cynode: cannot reach {url}: {getattr(err, 'reason', err)}") from None
+        raise SystemExit(f"{command}: cannot reach {url}: {getattr(err, 'reason', err)}") from None
 
 
 def render_status(status: dict) -> str:

@@ -68,20 +68,9 @@ def _lifetime(text: str) -> int:
 
 
 def _call(url: str, method: str, path: str, key: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as reply:
-            return json.loads(reply.read())
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = err.reason
-        raise SystemExit(f"cynode keys: {method} {path} answered {err.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise SystemExit(f"cynode keys: cannot reach {url}: {getattr(err, 'reason', err)}") from None
+    from .cluster_cli import fetch
+
+    return fetch(url, path, key, 15.0, method=method, body=body, command="cynode keys")
 
 
 def _render_list(body: dict) -> str:
