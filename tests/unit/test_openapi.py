@@ -63,3 +63,13 @@ def test_a_body_the_schema_describes_is_one_the_handler_accepts(model, parse):
     model.model_validate(body)
     parsed = parse(json.dumps(body).encode())
     assert parsed.n == 2 and parsed.sampling.max_tokens == 4 and parsed.include_usage
+
+
+def test_docs_api_md_lists_every_endpoint_of_the_document(app):
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    document = build_document(app)
+    missing = [f"{m.upper()} {path}" for path, ops in document["paths"].items() for m in ops
+               if f"{m.upper()} {path}" not in page]
+    assert not missing, f"docs/api.md does not list: {missing}"
