@@ -8,6 +8,8 @@ must be UTF-8 text (JSONL as OpenAI asks; JSON and CSV are read too).
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from cynode.errors import RequestError
 from cynode.training_store import TrainingStore
@@ -57,14 +59,20 @@ async def create_file(request: web.Request) -> web.Response:
     limit = state.config.max_file_bytes
     purpose, filename, data = None, None, None
     reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if part.name == "purpose":
-            purpose = (await part.text()).strip()
-        elif part.name == "file":
-            filename = part.filename or "upload.jsonl"
-            data = await _read_limited(part, limit)
-        else:
-            await part.release()
+    try:
+        async with asyncio.timeout(state.config.body_timeout or None):
+            while (part := await reader.next()) is not None:
+                if part.name == "purpose":
+                    purpose = (await part.text()).strip()
+                elif part.name == "file":
+                    filename = part.filename or "upload.jsonl"
+                    data = await _read_limited(part, limit)
+                else:
+                    await part.release()
+    except TimeoutError:
+        request.protocol.keep_alive(False)  # the rest of the body would read as a request
+        raise RequestError(f"upload not received within {state.config.body_timeout:g}s", status=408,
+                           code="request_timeout") from None
     if purpose is None:
         raise RequestError("missing the form field 'purpose'", param="purpose")
     if purpose not in PURPOSES:

@@ -210,7 +210,9 @@ def guard_middleware(guards: ClientGuards):
             wait = guards.retry_after(address)
             if wait is not None:
                 raise RateLimitError(f"too many requests from {address}; slow down", retry_after=wait)
-            if request.can_read_body and guards.body_timeout > 0:
+            # Multipart uploads (POST /v1/files) are streamed by their handler, under its own size limit and
+            # the same time-out; everything else is read here, within the time-out.
+            if request.can_read_body and guards.body_timeout > 0 and not request.content_type.startswith("multipart/"):
                 try:
                     async with asyncio.timeout(guards.body_timeout):
                         await request.read()  # kept by aiohttp: the handler's request.json() reads it again
