@@ -39,14 +39,18 @@ accept `"24GiB"`-style units where the key says so.
 """
 
 
+def loadable_explain() -> str:
+    """`cynode config explain` as a node.toml that loads: the host-name id (no valid default) commented out."""
+    return explain().replace('\nid = "<host name>"', '\n# id = "<host name>"')
+
+
 def render() -> str:
-    return INTRO + explain() + "```\n"
+    return INTRO + loadable_explain() + "```\n"
 
 
 def render_shipped() -> str:
-    """packaging/node.toml: its own header comments, then every key (the host-name id commented out)."""
-    text = SHIPPED.read_text()
-    body = explain().replace('\nid = "<host name>"', '\n# id = "<host name>"')
+    """packaging/node.toml: its own header comments, then every key."""
+    text, body = SHIPPED.read_text(), loadable_explain()
     return text[:text.index("[node]")] + body[body.index("[node]"):]
 
 

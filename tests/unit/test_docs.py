@@ -41,3 +41,26 @@ def test_the_readme_links_every_guide():
     readme = (REPO / "README.md").read_text()
     missing = [p.name for p in sorted((REPO / "docs").glob("*.md")) if f"docs/{p.name}" not in readme]
     assert not missing, f"README.md does not link {missing}"
+
+
+TOML_BLOCK = re.compile(r"```toml\n(.*?)```", re.S)
+
+
+def test_every_node_toml_snippet_in_the_docs_passes_config_check(tmp_path):
+    import tomllib
+
+    from cynode.config import load_config
+    from cynode.config.sections import NodeConfig
+
+    sections = set(NodeConfig.model_fields)
+    checked = 0
+    for page in USER_DOCS:
+        for n, block in enumerate(TOML_BLOCK.findall(page.read_text())):
+            data = tomllib.loads(block)  # every TOML block in the docs must at least be TOML
+            if not data or not set(data) <= sections:
+                continue  # not a node.toml (an API-key file, say)
+            path = tmp_path / f"{page.stem}-{n}.toml"
+            path.write_text(block)
+            load_config(path, {})  # raises ConfigError naming the key, as `cynode config check` does
+            checked += 1
+    assert checked >= 2, "the docs should show node.toml snippets (cluster.md, configuration.md)"
