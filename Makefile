@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover gpu-check protos check-protos docs clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover bench-mtls gpu-check protos check-protos docs clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -54,6 +54,9 @@ bench-engines: install
 
 bench-vllm: install-vllm
 	HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 $(BIN)/python tests/bench/bench_vllm.py
+
+bench-mtls: install
+	$(BIN)/python tests/bench/bench_mtls.py
 
 bench-gossip: install
 	$(BIN)/python tests/bench/bench_gossip.py
