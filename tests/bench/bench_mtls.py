@@ -26,12 +26,11 @@ import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_harness import free_port  # noqa: E402
-
-from cynode.peer_auth import PeerAuth  # noqa: E402
-from cynode.rpc import worker_pb2, worker_pb2_grpc  # noqa: E402
-from cynode.rpc.local import LocalServices  # noqa: E402
-from cynode.rpc.server import RpcServer  # noqa: E402
+from cynode.peer_auth import PeerAuth
+from cynode.rpc import worker_pb2, worker_pb2_grpc
+from cynode.rpc.local import LocalServices
+from cynode.rpc.server import RpcServer
+from daemon_harness import free_port
 
 
 class Health(worker_pb2_grpc.WorkerServicer):
