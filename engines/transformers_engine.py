@@ -35,7 +35,6 @@ from cynode.engines.base import check_sampling
 from cynode.engines.logprobs import LogprobTracker, sampler_for
 from cynode.engines.kv_memory import batch_capacity, kv_bytes_per_token
 from cynode.engines.platform import device_platform
-from cynode.engines.sampling import TokenSampler
 from cynode.errors import EngineError, RequestError
 
 

@@ -21,7 +21,7 @@ import pytest
 from cynode.cluster_key import load_keys
 from cynode.peer_auth import PeerAuth
 from cynode.rpc import worker_pb2, worker_pb2_grpc
-from daemon_harness import CynodeProcess, wait_for
+from daemon_harness import CynodeProcess
 
 SEED = int(os.environ.get("CYNODE_FUZZ_SEED", random.randrange(1 << 30)))
 LIMITS = {"max_connections_per_client": 20, "requests_per_second_per_client": 20, "header_timeout": "2s",

@@ -282,14 +282,6 @@ def test_n_outside_one_to_sixteen_is_refused(n, code):
     assert error.param == "n" and error.code == code
 
 
-def test_max_completion_tokens_wins_over_max_tokens():
-    assert parse_chat_request(body(max_tokens=5, max_completion_tokens=9)).sampling.max_tokens == 9
-
-
-def test_include_usage_is_read_from_stream_options():
-    assert parse_chat_request(body(stream=True, stream_options={"include_usage": True})).include_usage
-
-
 # --- things we do not do yet ------------------------------------------------------------------
 
 
