@@ -18,6 +18,7 @@ metadata and becomes a `PeerUnavailable`: the peer, not the request, is at fault
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -106,11 +107,22 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, *, peer: str = "") -> e.CynodeErro
 
 @contextlib.contextmanager
 def rpc_errors(peer: str = ""):
-    """Around a client call: a failed call raises the cynode error it stands for."""
+    """Around a client call: a failed call raises the cynode error it stands for.
+
+    grpc.aio cancels the calls of a channel that is closed under them, and they raise CancelledError
+    in a task nobody cancelled (the gateway drops a channel stuck in reconnect backoff while other
+    requests still wait on it): that is the peer's channel failing, a `PeerUnavailable` the caller
+    retries, not a cancellation to pass up (an HTTP handler would drop its client's connection)."""
     try:
         yield
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc, peer=peer) from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        where = f"{peer}: " if peer else ""
+        raise PeerUnavailable(f"{where}unavailable: the channel was closed during the call", retry_after=1.0) from None
 
 
 async def _abort(context, exc: e.CynodeError, method: str):
