@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_overhead import TOKENS, measure, pct, wait_served  # noqa: E402
-from daemon_harness import CynodeProcess, free_port  # noqa: E402
+from bench_overhead import TOKENS, measure, pct, sim_node, wait_served  # noqa: E402
+from daemon_harness import free_port  # noqa: E402
 from redis_harness import RedisServer  # noqa: E402
 
 PLAIN = "sk-cynode-bench-plain-0123456789abcdef"
@@ -70,12 +70,8 @@ def main() -> int:
         try:
             (tmp_path / "node").mkdir()
             keys = keys_file(tmp_path / "node" / "bench-keys.toml")
-            extra = {"worker": {"backend": "sim", "max_concurrency": 1024,
-                                "sim": {"ttft": "0s", "tokens_per_second": 1e6, "answer_tokens": TOKENS}},
-                     "cluster": {"name": "bench-limits"}, "node": {"log_level": "warning"},
-                     "gateway": {"request_timeout": "120s", "api_keys_file": str(keys)}}
-            node = CynodeProcess(tmp_path / "node", redis_url=redis.url, models_dir=tmp_path / "models",
-                                 extra=extra).start(timeout=60)
+            node = sim_node(tmp_path / "node", redis.url, gateway={"api_keys_file": str(keys)},
+                            ttft="0s", tokens_per_second=1e6, answer_tokens=TOKENS)
             wait_served(node, PLAIN)
             direct_url = f"http://127.0.0.1:{zero_port}/v1/chat/completions"
             through_url = f"{node.base_url}/v1/chat/completions"

@@ -149,3 +149,26 @@ async def test_a_gateway_without_redis_refuses_to_start_with_keys_that_set_limit
     ctx = RoleContext(config=NodeConfig(), telemetry=Telemetry("t"), peer_auth=PeerAuth((b"k" * 32,)), api_keys=keys)
     with pytest.raises(StartupError, match="metered"):
         await GatewayRole(ctx).start()
+
+
+async def test_every_counter_the_limits_write_expires(limiter, redis_conn):
+    """Windows, in-flight slots and usage hashes all carry a TTL (none is left to grow for ever),
+    including after a settle and a second request in the same minute."""
+    name = f"ttl-{rid()[:8]}"
+    key = ApiKey(name, requests_per_minute=100, tokens_per_minute=10_000, max_concurrent_requests=5,
+                 tokens_per_day=1_000_000, tokens_per_month=10_000_000)
+    written = set()
+    for _ in range(2):
+        admission = await limiter.admit(key, rid(), 50)
+        written |= {k async for k in redis_conn.client.scan_iter(match=f"*:{name}:*")}  # the in-flight set too
+        admission.settle(10, 20)
+        await limiter.wait()
+    assert len(written) == 5, written  # the minute's two windows, the in-flight set, the day's and month's usage
+    for k in [k async for k in redis_conn.client.scan_iter(match=f"*:{name}:*")]:
+        ttl = await redis_conn.client.ttl(k)
+        assert ttl > 0, f"{k} has no expiry ({ttl})"
+    usage = await limiter.usage(name, [admission.day])
+    assert usage[admission.day] == {"requests": 2, "prompt_tokens": 20, "completion_tokens": 40, "total_tokens": 60}
+    in_flight = await limiter.admit(key, rid(), 50)
+    assert await redis_conn.client.ttl(next(k for k in written if k.endswith(":conc"))) > 0
+    in_flight.settle(0, 0)
