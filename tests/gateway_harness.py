@@ -19,6 +19,8 @@ from cynode.roles.gateway.app import build_app
 from cynode.roles.gateway.auth import Identities
 from cynode.roles.gateway.keys_store import RuntimeKeys
 from cynode.roles.gateway.limits import Limiter
+from cynode.roles.gateway.responses_api import RESPONSES
+from cynode.roles.gateway.responses_store import ResponseStore
 from cynode.roles.gateway.state import GatewayMetrics, GatewayState
 from cynode.telemetry import Telemetry
 from daemon_harness import free_port
@@ -45,7 +47,9 @@ class GatewayHarness:
         state = GatewayState(config, keys, path.upstream, GatewayMetrics.register(Telemetry("gw")),
                              default_priority=default_priority, limits=limits, runtime_keys=runtime,
                              identities=Identities(keys, runtime, jwt))
-        runner = web.AppRunner(build_app(state, []), access_log=None, handle_signals=False, handler_cancellation=True)
+        app = build_app(state, [])
+        app[RESPONSES] = ResponseStore(redis)  # as the role does when it has Redis
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
