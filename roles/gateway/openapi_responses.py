@@ -31,7 +31,7 @@ class ResponseCreateRequest(_Open):
                                                        "by previous_response_id).")
     previous_response_id: str | None = Field(None, description="Continue the conversation a stored response "
                                                                "(of the same key) ends.")
-    max_output_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
+    max_output_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="Most tokens to generate.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 to 2; 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling, in (0, 1].")
     stream: bool | None = Field(False, description="Answer as typed server-sent events.")
