@@ -127,8 +127,9 @@ class Forwarder:
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 log.warning("gateway %s at %s unreachable (%s); trying another", peer_id, address, exc)
                 continue
-            client = web.WebSocketResponse(protocols=protocols, max_msg_size=self._max_body,
-                                           headers={FORWARDED_BY: self._node_id, "X-Cynode-Gateway": peer_id})
+            client = web.WebSocketResponse(protocols=protocols, max_msg_size=self._max_body)
+            client.headers[FORWARDED_BY] = self._node_id
+            client.headers["X-Cynode-Gateway"] = peer_id
             try:
                 await client.prepare(request)
                 async with asyncio.TaskGroup() as group:
