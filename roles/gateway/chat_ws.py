@@ -95,17 +95,26 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         raise RequestError(f"{PATH} takes a WebSocket upgrade (GET with Upgrade: websocket); for plain HTTP "
                            "use POST /v1/chat/completions", status=400, code="websocket_required")
     await ws.prepare(request)
+    # An idle socket does not hold up a drain (the gateway's stop closes it); one answering does.
+    in_flight = state.in_flight
+    in_flight.leave()
     try:
         async for message in ws:
-            if message.type is WSMsgType.TEXT:
-                await _serve(request, ws, message.data.encode("utf-8", "surrogatepass"))
-            elif message.type is WSMsgType.BINARY:
-                await _serve(request, ws, message.data)
-            elif message.type is WSMsgType.ERROR:
+            if message.type is WSMsgType.ERROR:
                 log.debug("chat socket closed with an error: %s", ws.exception())
                 break
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            raw = message.data.encode("utf-8", "surrogatepass") if message.type is WSMsgType.TEXT else message.data
+            in_flight.enter()
+            try:
+                await _serve(request, ws, raw)
+            finally:
+                in_flight.leave()
     except ConnectionError:
         pass  # the client went away while it was being answered
+    finally:
+        in_flight.enter()  # the middleware that counted this request leaves once more
     return ws
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import aiohttp
 import httpx
@@ -127,3 +128,28 @@ def test_the_key_is_checked_at_the_upgrade(sim_node):
     plain = httpx.get(socket_url(sim_node).replace("ws://", "http://"),
                       headers={"Authorization": f"Bearer {sim_node.api_key()}"}, timeout=30)
     assert plain.status_code == 400 and plain.json()["error"]["code"] == "websocket_required"
+
+
+def test_an_idle_socket_does_not_hold_up_a_drain(tmp_path, redis_server, models_dir):
+    node = CynodeProcess(tmp_path / "drain", redis_url=redis_server.url, models_dir=models_dir,
+                         extra={"worker": {"backend": "sim"}, "node": {"drain_timeout": "60s"},
+                                # Its own cluster on the session's Redis: the module's node leads "default".
+                                "cluster": {"name": f"ws-drain-{uuid.uuid4().hex[:8]}"}}).start(timeout=120)
+    try:
+        async def run():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(socket_url(node),
+                                              headers={"Authorization": f"Bearer {node.api_key()}"}) as ws:
+                    answered = await ask(ws, REQUEST)
+                    started = asyncio.get_running_loop().time()
+                    stopping = asyncio.get_running_loop().run_in_executor(None, node.terminate)
+                    closing = await ws.receive(timeout=50)  # the gateway's stop closes the idle socket
+                    code = await stopping
+                    return answered, closing, code, asyncio.get_running_loop().time() - started
+
+        answered, closing, code, took = asyncio.run(run())
+        assert answered[-1]["object"] == "chat.completion.done"
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        assert code == 0 and took < 30, f"exit {code} after {took:.1f}s (drain_timeout is 60s):\n{node.log()}"
+    finally:
+        node.kill()
