@@ -23,6 +23,7 @@ from cynode.roles.gateway.responses_api import RESPONSES
 from cynode.roles.gateway.responses_store import ResponseStore
 from cynode.roles.gateway.state import GatewayMetrics, GatewayState
 from cynode.telemetry import Telemetry
+from cynode.training_store import TrainingStore
 from daemon_harness import free_port
 from request_path import RequestPath
 
@@ -49,6 +50,7 @@ class GatewayHarness:
                              identities=Identities(keys, runtime, jwt))
         app = build_app(state, [])
         app[RESPONSES] = ResponseStore(redis)  # as the role does when it has Redis
+        app["training_store"] = TrainingStore(redis)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         port = free_port()
