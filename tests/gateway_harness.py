@@ -38,7 +38,8 @@ class GatewayHarness:
 
     @classmethod
     async def start(cls, redis: RedisConnection, keys: ApiKeyStore, *, jwt=None, config: GatewaySection | None = None,
-                    default_priority: int = 0) -> "GatewayHarness":
+                    default_priority: int = 0, responses: ResponseStore | None = None) -> "GatewayHarness":
+        """`responses`: where /v1/responses keeps what it stores (default: `redis`)."""
         path = await RequestPath.start(redis, workers=1, transport="local")
         path.clock.run_free()
         config = config or GatewaySection()
@@ -49,7 +50,7 @@ class GatewayHarness:
                              default_priority=default_priority, limits=limits, runtime_keys=runtime,
                              identities=Identities(keys, runtime, jwt))
         app = build_app(state, [])
-        app[RESPONSES] = ResponseStore(redis)  # as the role does when it has Redis
+        app[RESPONSES] = responses or ResponseStore(redis)  # as the role does when it has Redis
         app["training_store"] = TrainingStore(redis)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()

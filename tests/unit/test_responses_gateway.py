@@ -10,6 +10,12 @@ import aiohttp
 import pytest
 
 from cynode.api_keys import ApiKey, ApiKeyStore
+from cynode.errors import UnavailableError
+from cynode.redis_conn import RedisConnection
+from cynode.roles.gateway.responses_format import ResponseAnswer
+from cynode.roles.gateway.responses_schema import parse_responses_request
+from cynode.roles.gateway.responses_store import ResponseStore
+from daemon_harness import free_port
 from gateway_harness import GatewayHarness
 
 pytestmark = pytest.mark.timeout(60)
@@ -169,3 +175,31 @@ async def test_the_chat_socket_needs_a_key_at_the_upgrade_and_an_upgrade(gw):
         assert refused.value.status == 401
     plain = await gw.client.get("/v1/chat/completions/ws", headers=gw.auth(ALICE))
     assert plain.status_code == 400 and plain.json()["error"]["code"] == "websocket_required"
+
+
+async def test_a_response_is_still_answered_when_it_cannot_be_stored(redis_conn):
+    # The request path has its Redis; the store's is a port nobody listens on.
+    away = RedisConnection(f"redis://127.0.0.1:{free_port()}/0", "away")
+    keys = ApiKeyStore.from_keys([(ALICE, ApiKey("alice"))])
+    gw = await GatewayHarness.start(redis_conn, keys, responses=ResponseStore(away))
+    try:
+        reply = await create(gw, max_output_tokens=2)
+        assert reply.status_code == 200 and reply.json()["store"] is False
+        assert reply.json()["output"][0]["content"][0]["text"]
+        got = await gw.client.get(f"/v1/responses/{reply.json()['id']}", headers=gw.auth(ALICE))
+        assert got.status_code == 503 and "Redis" in got.json()["error"]["message"]
+    finally:
+        await gw.stop()
+        await away.close()
+
+
+def test_a_failure_after_the_first_event_is_an_error_event_then_response_failed():
+    answer = ResponseAnswer(parse_responses_request(b'{"model": "m", "input": "hi"}'), model="m", history=(),
+                            save=None)
+    events = events_of(answer.error("resp_x", UnavailableError("the worker went away", code="upstream_failed")).decode())
+    assert [kind for kind, _ in events] == ["error", "response.failed"]
+    assert events[0][1] == {"type": "error", "code": "upstream_failed", "message": "the worker went away",
+                            "param": None, "sequence_number": 0}
+    failed = events[1][1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["message"] == "the worker went away"
+    assert events[1][1]["sequence_number"] == 1
