@@ -39,7 +39,7 @@ def test_no_generated_input_gets_a_server_error(sim_node, tmp_path):
                "--continue-on-failure", "--no-color",
                "-H", f"Authorization: Bearer {sim_node.api_key()}", "-H", "Cache-Control: no-store",
                "--report", "junit", "--report-dir", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=540,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=540, cwd=tmp_path,  # its cache goes there
                           env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
                                "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])})
     output = done.stdout + done.stderr
