@@ -203,3 +203,19 @@ def test_a_failure_after_the_first_event_is_an_error_event_then_response_failed(
     failed = events[1][1]["response"]
     assert failed["status"] == "failed" and failed["error"]["message"] == "the worker went away"
     assert events[1][1]["sequence_number"] == 1
+
+
+def test_a_body_the_schema_describes_is_one_the_parser_takes():
+    from cynode.roles.gateway.openapi_responses import ResponseCreateRequest
+
+    # Every field /openapi.json declares, at a value it allows: the handler may not refuse what it promises.
+    body = {"model": "m", "input": [{"type": "message", "role": "developer", "content": "Be brief."},
+                                    {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                                    {"role": "assistant", "content": [{"type": "output_text", "text": "hello"}]}],
+            "instructions": "x", "previous_response_id": "resp_1", "max_output_tokens": 2**31 - 1, "temperature": 2,
+            "top_p": 1, "stream": True, "store": False, "metadata": {f"k{i}": "v" for i in range(16)}, "user": "u"}
+    ResponseCreateRequest.model_validate(body)
+    parsed = parse_responses_request(json.dumps(body).encode())
+    assert [m.role for m in parsed.input] == ["developer", "user", "assistant"]
+    assert parsed.stream and not parsed.store and parsed.max_output_tokens == 2**31 - 1
+    assert parsed.previous_response_id == "resp_1" and len(parsed.metadata) == 16
