@@ -34,6 +34,8 @@ class Operation:
     stream: type[BaseModel] | None = None  # the schema of each SSE `data:` event, when the body may stream
     scope: str | None = "inference"  # the API-key scope it needs; None: no key
     typed_events: bool = False  # the stream is `event:`/`data:` pairs with no `[DONE]` (the Responses API)
+    # OpenAPI links from the 200 answer: name -> (operationId, {parameter: runtime expression})
+    links: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -43,7 +45,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                            m.TextCompletion),
     ("POST", "/v1/embeddings"): Operation("Create embeddings", m.EmbeddingRequest, m.EmbeddingList),
     ("POST", "/v1/responses"): Operation("Create a response (the Responses API)", r.ResponseCreateRequest, r.Response,
-                                         r.ResponseStreamEvent, typed_events=True),
+                                         r.ResponseStreamEvent, typed_events=True, links=(
+        ("retrieve", "get_v1_responses_response_id", (("response_id", "$response.body#/id"),)),
+        ("delete", "delete_v1_responses_response_id", (("response_id", "$response.body#/id"),)))),
     ("GET", "/v1/responses/{response_id}"): Operation("Retrieve a stored response", response=r.Response),
     ("DELETE", "/v1/responses/{response_id}"): Operation("Delete a stored response", response=r.ResponseDeleted),
     ("GET", "/v1/chat/completions/ws"): Operation(
@@ -132,6 +136,9 @@ def build_document(app: web.Application) -> dict:
                 "x-event-schema": {"$ref": REF.format(model=op.stream.__name__)}}
         if content:
             ok["content"] = content
+        if op.links:
+            ok["links"] = {name: {"operationId": target, "parameters": dict(parameters)}
+                           for name, target, parameters in op.links}
         entry["responses"] = {"200": ok, **{code: {"description": text, "content": {
             "application/json": {"schema": error_ref}}} for code, text in _ERRORS.items()}}
         paths.setdefault(path, {})[method.lower()] = entry

@@ -1,6 +1,7 @@
 """schemathesis against `/openapi.json` of a real daemon (sim engine): for every operation the document
 describes, generated inputs (valid and not) never get a 5xx. Run with the CLI in a subprocess, the way an
-operator would, with a bounded number of examples per operation so it finishes in a couple of minutes."""
+operator would, with a bounded number of examples per operation so it finishes in a couple of minutes. The
+stateful phase follows the document's links (a created response, then retrieved and deleted by its id)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_no_generated_input_gets_a_server_error(sim_node, tmp_path):
     # An admin key: every operation is reached past authentication, where the handlers' own checks run.
     command = [sys.executable, "-m", "schemathesis.cli", "run", f"{sim_node.base_url}/openapi.json",
                "--checks", "not_a_server_error", "--max-examples", str(EXAMPLES), "--seed", SEED,
-               "--phases", "examples,coverage,fuzzing", "--workers", "2", "--request-timeout", "60",
+               "--phases", "examples,coverage,fuzzing,stateful", "--workers", "2", "--request-timeout", "60",
                "--continue-on-failure", "--no-color",
                "-H", f"Authorization: Bearer {sim_node.api_key()}", "-H", "Cache-Control: no-store",
                "--report", "junit", "--report-dir", str(tmp_path)]
@@ -46,3 +47,5 @@ def test_no_generated_input_gets_a_server_error(sim_node, tmp_path):
     assert done.returncode == 0, f"schemathesis found failures:\n{output[-12000:]}\n--- node log ---\n{sim_node.log()}"
     summary = [line for line in output.splitlines() if " generated, " in line]
     assert summary and "passed" in summary[0], output[-4000:]  # it ran cases, and they passed
+    # The stateful phase followed the document's links: created responses were retrieved and deleted.
+    assert "Stateful (in" in output and "API Links:" in output, output[-4000:]
