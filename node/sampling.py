@@ -22,6 +22,7 @@ __all__ = ["MAX_LOGPROBS", "MAX_STOP", "RULES", "Rule", "SamplingParams", "check
 MAX_STOP = 4
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 _INT64 = (-(2**63), 2**63 - 1)
+_INT32_MAX = 2**31 - 1  # top_k and max_tokens travel as int32 (common.proto): a bigger one is a 400, not a 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class Rule:
     high: float
     default: Any
     low_open: bool = False
+    cap: float = math.inf  # the most the wire carries, beyond an open-ended range
 
     def bounds(self) -> str:
         if self.high == math.inf:
@@ -43,8 +45,8 @@ class Rule:
 RULES: dict[str, Rule] = {
     "temperature": Rule(float, 0.0, 2.0, 1.0),  # 0 = greedy
     "top_p": Rule(float, 0.0, 1.0, 1.0, low_open=True),
-    "top_k": Rule(int, 0, math.inf, 0),  # 0 = no top-k cut
-    "max_tokens": Rule(int, 1, math.inf, None),  # None = up to the context length
+    "top_k": Rule(int, 0, math.inf, 0, cap=_INT32_MAX),  # 0 = no top-k cut
+    "max_tokens": Rule(int, 1, math.inf, None, cap=_INT32_MAX),  # None = up to the context length
     "seed": Rule(int, _INT64[0], _INT64[1], None),
     "presence_penalty": Rule(float, -2.0, 2.0, 0.0),
     "frequency_penalty": Rule(float, -2.0, 2.0, 0.0),
@@ -61,6 +63,8 @@ def check_value(name: str, value: Any) -> tuple[str, str] | None:
     # 1e400 parses as inf, which no sampler can use.
     if too_low or value > rule.high or not math.isfinite(value):
         return "invalid_value", f"must be {rule.bounds()}"
+    if value > rule.cap:
+        return "invalid_value", f"must be at most {rule.cap:.0f}"
     return None
 
 

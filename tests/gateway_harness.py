@@ -19,8 +19,11 @@ from cynode.roles.gateway.app import build_app
 from cynode.roles.gateway.auth import Identities
 from cynode.roles.gateway.keys_store import RuntimeKeys
 from cynode.roles.gateway.limits import Limiter
+from cynode.roles.gateway.responses_api import RESPONSES
+from cynode.roles.gateway.responses_store import ResponseStore
 from cynode.roles.gateway.state import GatewayMetrics, GatewayState
 from cynode.telemetry import Telemetry
+from cynode.training_store import TrainingStore
 from daemon_harness import free_port
 from request_path import RequestPath
 
@@ -35,7 +38,8 @@ class GatewayHarness:
 
     @classmethod
     async def start(cls, redis: RedisConnection, keys: ApiKeyStore, *, jwt=None, config: GatewaySection | None = None,
-                    default_priority: int = 0) -> "GatewayHarness":
+                    default_priority: int = 0, responses: ResponseStore | None = None) -> "GatewayHarness":
+        """`responses`: where /v1/responses keeps what it stores (default: `redis`)."""
         path = await RequestPath.start(redis, workers=1, transport="local")
         path.clock.run_free()
         config = config or GatewaySection()
@@ -45,7 +49,10 @@ class GatewayHarness:
         state = GatewayState(config, keys, path.upstream, GatewayMetrics.register(Telemetry("gw")),
                              default_priority=default_priority, limits=limits, runtime_keys=runtime,
                              identities=Identities(keys, runtime, jwt))
-        runner = web.AppRunner(build_app(state, []), access_log=None, handle_signals=False, handler_cancellation=True)
+        app = build_app(state, [])
+        app[RESPONSES] = responses or ResponseStore(redis)  # as the role does when it has Redis
+        app["training_store"] = TrainingStore(redis)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()

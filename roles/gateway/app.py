@@ -10,7 +10,7 @@ from cynode.errors import CynodeError
 from cynode.openai_errors import error_response, response_for
 from cynode.rpc import common_pb2, coordinator_pb2
 
-from . import files_api, fine_tuning_api
+from . import chat_ws, files_api, fine_tuning_api, responses_api
 from . import openai_format as fmt
 from .auth import identify
 from .chat import chat_completions
@@ -35,6 +35,8 @@ def build_app(state: GatewayState, node_routes: list[web.RouteDef], guards: Clie
         web.post("/v1/chat/completions", chat_completions),
         web.post("/v1/completions", completions),
         web.post("/v1/embeddings", embeddings),
+        *responses_api.routes(),
+        *chat_ws.routes(),
         web.get("/v1/models", list_models),
         web.get("/v1/models/{model:.+}", get_model),
         web.get("/v1/cluster/status", cluster_status),

@@ -20,10 +20,13 @@ from .state import GatewayState
 log = logging.getLogger(__name__)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def chat_completions(request: web.Request, *, body: bytes | None = None,
+                           sink: web.StreamResponse | None = None) -> web.StreamResponse:
+    """`body` and `sink`: a request that came another way than this HTTP request's body, and where its
+    stream goes (the WebSocket endpoint, `chat_ws.py`)."""
     state: GatewayState = request.app["state"]
     key = state.authenticate(request, "inference")
-    chat = parse_chat_request(await state.read_body(request))
+    chat = parse_chat_request(await state.read_body(request) if body is None else body)
     state.authorize_model(key, chat.model)
     request_id = fmt.completion_id()
     if chat.user:
@@ -41,7 +44,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         for i in range(chat.n)
     ]
     return await answer(request, state, key, request_id, choices, CHAT, prompt_chars=sum(len(m.content) for m in chat.messages),
-                        max_tokens=chat.sampling.max_tokens, stream=chat.stream, include_usage=chat.include_usage)
+                        max_tokens=chat.sampling.max_tokens, stream=chat.stream, include_usage=chat.include_usage,
+                        sink=sink)
 
 
 def cache_mode_of(header: str, sampling: SamplingParams) -> int:

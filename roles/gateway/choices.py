@@ -10,6 +10,10 @@ A first piece slower than `[gateway] sse_keepalive` no longer waits: the stream 
 headers, `X-Accel-Buffering: no`) and an SSE comment goes out at that interval until the piece
 comes, so neither a buffering proxy nor an idle-timeout cuts a slow first token off. From then on a
 failure reaches the client as an error event, as it does mid-stream.
+
+A `Framing` says what goes around the chunks (chat and completions: `data: [DONE]` at the end, a
+failure as an `error` data event; the Responses API: typed events, no `[DONE]`), and a `sink` may
+take the stream's bytes instead of an HTTP response (the WebSocket endpoint, `chat_ws.py`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,35 @@ class Format(Protocol):
         """The non-streamed body."""
 
 
+class Framing(Protocol):
+    """What goes around a stream's chunks, and what runs when its choices are complete."""
+
+    done: bytes  # the stream's last bytes (b"": none)
+
+    async def completed(self, choices: list[Choice]) -> None:
+        """Every choice is complete; runs before the client is sent the end of the answer (so what it
+        does, such as storing the answer, is done by the time the client has read it)."""
+
+    def error(self, request_id: str, exc: CynodeError) -> bytes:
+        """The event(s) a failure after the first byte is sent as."""
+
+
+class ChunkFraming:
+    """OpenAI's chunk streams (chat, completions)."""
+
+    done = fmt.SSE_DONE
+
+    async def completed(self, choices: list[Choice]) -> None:
+        return None
+
+    def error(self, request_id: str, exc: CynodeError) -> bytes:
+        return fmt.sse_event({"error": {"message": exc.message, "type": "server_error", "param": None,
+                                        "code": exc.code or "upstream_failed"}}) + fmt.SSE_DONE
+
+
+CHUNKS = ChunkFraming()
+
+
 def usage_of(choices: list[Choice]) -> dict[str, int]:
     """Prompt tokens counted once per prompt (its `n` choices read the same prompt), completion tokens summed."""
     prompts: dict[int, int] = {}
@@ -89,9 +122,11 @@ def cache_header(choices: list[Choice]) -> dict[str, str]:
 
 async def answer(request: web.Request, state: GatewayState, key: ApiKey, request_id: str, choices: list[Choice],
                  form: Format, *, prompt_chars: int, max_tokens: int | None, stream: bool,
-                 include_usage: bool) -> web.StreamResponse:
+                 include_usage: bool, framing: Framing = CHUNKS,
+                 sink: web.StreamResponse | None = None) -> web.StreamResponse:
     """Charge the key's limits, run every choice and answer the client; records each choice's outcome
-    in the metrics and settles the key's usage with what the choices really used."""
+    in the metrics and settles the key's usage with what the choices really used. `sink`: where a
+    stream is written instead of a new HTTP response (it is prepared and written like one)."""
     estimate = sum(estimate_tokens(prompt_chars, max_tokens) for _ in choices)
     admission = await state.admit(request, key, request_id, estimate)
     started = time.monotonic()
@@ -100,9 +135,9 @@ async def answer(request: web.Request, state: GatewayState, key: ApiKey, request
     try:
         if stream:
             response, delivered = await _stream(request, state, request_id, choices, form, include_usage, events,
-                                                started)
+                                                started, framing, sink)
         else:
-            response, delivered = await _collect(state, request_id, choices, form, events, started), True
+            response, delivered = await _collect(state, request_id, choices, form, events, started, framing), True
         outcome = "ok" if delivered else "cancelled"
         return response
     except BaseException as exc:
@@ -167,7 +202,7 @@ def _take(choice: Choice, piece: str) -> list[dict[str, Any]]:
 
 
 async def _collect(state: GatewayState, request_id: str, choices: list[Choice], form: Format, events,
-                   started: float) -> web.Response:
+                   started: float, framing: Framing) -> web.Response:
     first = True
     async for choice, item in events:
         if first:
@@ -175,6 +210,7 @@ async def _collect(state: GatewayState, request_id: str, choices: list[Choice], 
             first = False
         if item is not _END:
             _take(choice, item)
+    await framing.completed(choices)
     model = choices[0].completion.model
     body = form.whole(request_id, model, int(time.time()), choices, usage_of(choices))
     return web.Response(body=fmt.json_bytes(body), content_type="application/json",
@@ -199,9 +235,10 @@ async def _first(events, keepalive: float, on_wait: Callable[[], Any]):
 
 
 async def _stream(request: web.Request, state: GatewayState, request_id: str, choices: list[Choice], form: Format,
-                  include_usage: bool, events, started: float) -> tuple[web.StreamResponse, bool]:
+                  include_usage: bool, events, started: float, framing: Framing,
+                  sink: web.StreamResponse | None) -> tuple[web.StreamResponse, bool]:
     """The answer as server-sent events, and whether it reached the client (False: it went away)."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request_id})
+    response = sink if sink is not None else web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request_id})
     try:
         async def keep_alive() -> None:
             if not response.prepared:
@@ -214,7 +251,7 @@ async def _stream(request: web.Request, state: GatewayState, request_id: str, ch
         except CynodeError as exc:
             if not response.prepared:
                 raise  # nothing sent yet: a plain HTTP error
-            await _stream_error(response, request_id, exc)
+            await _stream_error(response, request_id, exc, framing)
             return response, True
         state.metrics.ttft.observe(time.monotonic() - started)
         if not response.prepared:
@@ -229,12 +266,16 @@ async def _stream(request: web.Request, state: GatewayState, request_id: str, ch
             opening = form.opening(encoder, choice)
             if opening:
                 await write(opening)
+        unfinished = len(choices)
         try:
             item = first
             while item is not None:
                 choice, piece = item
                 encoder = encoders[choice.index]
                 if piece is _END:
+                    unfinished -= 1
+                    if not unfinished:
+                        await framing.completed(choices)
                     await write(encoder.finish(choice.completion.finish_reason))
                 else:
                     entries = _take(choice, piece)
@@ -244,19 +285,18 @@ async def _stream(request: web.Request, state: GatewayState, request_id: str, ch
                 usage = usage_of(choices)
                 await write(encoders[0].usage(usage["prompt_tokens"], usage["completion_tokens"]))
         except CynodeError as exc:
-            await _stream_error(response, request_id, exc)
+            await _stream_error(response, request_id, exc, framing)
             return response, True
-        await write(fmt.SSE_DONE)
+        if framing.done:
+            await write(framing.done)
         await response.write_eof()
     except ConnectionError:
         return response, False  # closing the events cancels the work
     return response, True
 
 
-async def _stream_error(response: web.StreamResponse, request_id: str, exc: CynodeError) -> None:
+async def _stream_error(response: web.StreamResponse, request_id: str, exc: CynodeError, framing: Framing) -> None:
     # Past the first byte the status is sent; the failure travels as an error event.
     log.warning("stream %s failed: %s", request_id, exc.message)
-    await response.write(fmt.sse_event({"error": {"message": exc.message, "type": "server_error", "param": None,
-                                                  "code": exc.code or "upstream_failed"}}))
-    await response.write(fmt.SSE_DONE)
+    await response.write(framing.error(request_id, exc))
     await response.write_eof()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from cynode.errors import RequestError
 from cynode.training_store import TrainingStore
 
@@ -58,8 +59,8 @@ async def create_file(request: web.Request) -> web.Response:
                            param="file")
     limit = state.config.max_file_bytes
     purpose, filename, data = None, None, None
-    reader = await request.multipart()
     try:
+        reader = await request.multipart()
         async with asyncio.timeout(state.config.body_timeout or None):
             while (part := await reader.next()) is not None:
                 if part.name == "purpose":
@@ -73,6 +74,12 @@ async def create_file(request: web.Request) -> web.Response:
         request.protocol.keep_alive(False)  # the rest of the body would read as a request
         raise RequestError(f"upload not received within {state.config.body_timeout:g}s", status=408,
                            code="request_timeout") from None
+    except (KeyError, ValueError, RuntimeError, BadHttpMessage) as exc:
+        # aiohttp's multipart reader: no boundary (KeyError), a malformed body or part (ValueError,
+        # BadHttpMessage), an unknown part encoding (RuntimeError). All the client's doing.
+        detail = "no boundary in its Content-Type" if isinstance(exc, KeyError) else str(exc)
+        raise RequestError(f"the multipart/form-data body is malformed: {detail}", param="file",
+                           code="invalid_multipart") from None
     if purpose is None:
         raise RequestError("missing the form field 'purpose'", param="purpose")
     if purpose not in PURPOSES:

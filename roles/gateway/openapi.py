@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import openapi_models as m
+from . import openapi_responses as r
 
 __all__ = ["OPERATIONS", "Operation", "build_document", "openapi_json"]
 
@@ -32,6 +33,9 @@ class Operation:
     response: type[BaseModel] | None = None
     stream: type[BaseModel] | None = None  # the schema of each SSE `data:` event, when the body may stream
     scope: str | None = "inference"  # the API-key scope it needs; None: no key
+    typed_events: bool = False  # the stream is `event:`/`data:` pairs with no `[DONE]` (the Responses API)
+    # OpenAPI links from the 200 answer: name -> (operationId, {parameter: runtime expression})
+    links: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -40,6 +44,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/completions"): Operation("Create a text completion", m.CompletionRequest, m.TextCompletion,
                                            m.TextCompletion),
     ("POST", "/v1/embeddings"): Operation("Create embeddings", m.EmbeddingRequest, m.EmbeddingList),
+    ("POST", "/v1/responses"): Operation("Create a response (the Responses API)", r.ResponseCreateRequest, r.Response,
+                                         r.ResponseStreamEvent, typed_events=True, links=(
+        ("retrieve", "get_v1_responses_response_id", (("response_id", "$response.body#/id"),)),
+        ("delete", "delete_v1_responses_response_id", (("response_id", "$response.body#/id"),)))),
+    ("GET", "/v1/responses/{response_id}"): Operation("Retrieve a stored response", response=r.Response),
+    ("DELETE", "/v1/responses/{response_id}"): Operation("Delete a stored response", response=r.ResponseDeleted),
+    ("GET", "/v1/chat/completions/ws"): Operation(
+        "Chat completions over a WebSocket: upgrade, then one request body per message (docs/api.md)"),
     ("GET", "/v1/models"): Operation("List the models healthy workers serve", response=m.ModelList),
     ("GET", "/v1/models/{model}"): Operation("Retrieve one model by id or alias", response=m.Model),
     ("GET", "/v1/cluster/status"): Operation("Leader, queue and workers", response=m.ClusterStatus, scope="admin"),
@@ -53,7 +65,7 @@ _ERRORS = {
     "400": "The request is invalid (the error names the parameter)",
     "401": "No valid API key",
     "403": "The key may not do this",
-    "404": "No such model or route",
+    "404": "No such model, route or stored response",
     "429": "Too many requests or a full queue (see Retry-After)",
     "503": "No worker or coordinator can answer now (see Retry-After)",
 }
@@ -116,12 +128,17 @@ def build_document(app: web.Application) -> dict:
         if op.response is not None:
             content["application/json"] = {"schema": {"$ref": REF.format(model=op.response.__name__)}}
         if op.stream is not None:
+            events = (f"`event: <type>` and `data: <{op.stream.__name__}>` pairs" if op.typed_events
+                      else f"`data: <{op.stream.__name__}>` events, then `data: [DONE]`")
             content["text/event-stream"] = {
-                "schema": {"type": "string", "description": f"`data: <{op.stream.__name__}>` events, then `data: [DONE]`"
-                           "; `: keep-alive` comments while the first token is awaited."},
+                "schema": {"type": "string", "description": events
+                           + "; `: keep-alive` comments while the first token is awaited."},
                 "x-event-schema": {"$ref": REF.format(model=op.stream.__name__)}}
         if content:
             ok["content"] = content
+        if op.links:
+            ok["links"] = {name: {"operationId": target, "parameters": dict(parameters)}
+                           for name, target, parameters in op.links}
         entry["responses"] = {"200": ok, **{code: {"description": text, "content": {
             "application/json": {"schema": error_ref}}} for code, text in _ERRORS.items()}}
         paths.setdefault(path, {})[method.lower()] = entry

@@ -21,6 +21,8 @@ from .guards import ClientGuards, GuardedSite
 from .jwt_auth import JwtVerifier
 from .keys_store import RuntimeKeys
 from .limits import Limiter
+from .responses_api import RESPONSES
+from .responses_store import ResponseStore
 from .state import GatewayMetrics, GatewayState
 from .tls import GatewayTls
 from .upstream import Upstream
@@ -66,6 +68,7 @@ class GatewayRole(Role):
         app = build_app(self._state, routes, guards)
         if self._ctx.redis is not None:  # /v1/files and /v1/fine_tuning keep everything there
             app["training_store"] = TrainingStore(self._ctx.redis)
+            app[RESPONSES] = ResponseStore(self._ctx.redis)  # and so do stored /v1/responses
         # handler_cancellation: a client that disconnects cancels its handler at once, so a request
         # still waiting for its first token (or for a worker) is given up, not left to run.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
