@@ -12,7 +12,9 @@ the one its `alg` header calls for:
 
 Claims: `sub` (required; the caller's name is `jwt:<sub>`, which its usage is counted under),
 `exp` (required), `scope` (space-separated or a list; default "inference"), `models` (globs;
-default ["*"]), optional `priority`.
+default ["*"]), optional `priority`, and optional limits with the API-key file's names and meaning:
+`requests_per_minute`, `tokens_per_minute`, `max_concurrent_requests`, `tokens_per_day`,
+`tokens_per_month` (positive integers; held per `sub` by every gateway together, through Redis).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cynode.api_keys import SCOPES, ApiKey
+from cynode.api_keys import LIMIT_FIELDS, SCOPES, ApiKey
 from cynode.errors import AuthError, ConfigError
 
 __all__ = ["JwtVerifier"]
@@ -145,8 +147,15 @@ def _identity(claims: dict, leeway: float) -> ApiKey:
     priority = claims.get("priority")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise _invalid("priority must be an integer")
+    limits = {}
+    for field in LIMIT_FIELDS:
+        value = claims.get(field)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _invalid(f"{field} must be a positive integer")
+            limits[field] = value
     return ApiKey(name=f"jwt:{sub[:128]}", scopes=frozenset(s for s in scopes if s in SCOPES), models=tuple(models),
-                  priority=priority, expires_at=float(claims["exp"]) + leeway, source="jwt")
+                  priority=priority, expires_at=float(claims["exp"]) + leeway, source="jwt", **limits)
 
 
 def _read(path: Path, field: str) -> bytes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from cynode.api_keys import ApiKey, ApiKeyStore, require
 from cynode.config.sections import GatewaySection
-from cynode.errors import AuthError, RateLimitError, RequestError
+from cynode.errors import AuthError, RateLimitError, RequestError, UnavailableError
 from cynode.fast_metrics import FastCounter, FastHistogram
 from cynode.telemetry import Telemetry
 
@@ -110,6 +110,9 @@ class GatewayState:
         """Charge the key's limits (429 when one is reached); settle the admission when the request ends.
         The x-ratelimit-* headers go on the answer, refusals included."""
         if self.limits is None:
+            if key.has_limits:  # a JWT's limit claims: never ignored
+                raise UnavailableError(f"the limits of {key.name!r} cannot be enforced: this gateway has no Redis",
+                                       retry_after=30, code="limits_unavailable")
             return None
         try:
             admission = await self.limits.admit(key, request_id, estimate)

@@ -129,3 +129,33 @@ async def test_jwts_over_http_the_auth_matrix(redis_conn, tmp_path):
         assert (await gw.state.limits.usage("jwt:alice", [day]))[day]["requests"] == 2
     finally:
         await gw.stop()
+
+
+def test_limit_claims_become_the_callers_limits_and_bad_ones_are_refused(tmp_path):
+    verifier = JwtVerifier.from_config(config(tmp_path, secret_file=SECRET))
+    carol = verifier.verify(token(SECRET, sub="carol", requests_per_minute=5, tokens_per_day=1000))
+    assert (carol.requests_per_minute, carol.tokens_per_day, carol.tokens_per_minute, carol.has_limits) == (
+        5, 1000, None, True)
+    assert not verifier.verify(token(SECRET)).has_limits
+    for bad in ({"requests_per_minute": 0}, {"tokens_per_minute": "100"}, {"max_concurrent_requests": True},
+                {"tokens_per_month": 1.5}):
+        with pytest.raises(AuthError, match=f"{next(iter(bad))} must be a positive integer") as info:
+            verifier.verify(token(SECRET, **bad))
+        assert info.value.status == 401
+
+
+async def test_a_jwts_rate_limit_claim_is_enforced_over_http(redis_conn, tmp_path):
+    verifier = JwtVerifier.from_config(config(tmp_path, secret_file=SECRET))
+    keys = ApiKeyStore.from_keys([("sk-cynode-admin-0123456789abcdef", ApiKey("admin"))])
+    gw = await GatewayHarness.start(redis_conn, keys, jwt=verifier)
+    try:
+        limited = token(SECRET, sub=f"dave-{os.getpid()}-{time.time_ns()}", requests_per_minute=2)
+        replies = [await gw.chat(limited) for _ in range(3)]
+        assert [r.status_code for r in replies] == [200, 200, 429]
+        refused = replies[2]
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["x-ratelimit-limit-requests"] == "2"
+        assert (await gw.chat(token(SECRET, sub="erin"))).status_code == 200  # another caller is not held back
+    finally:
+        await gw.stop()
