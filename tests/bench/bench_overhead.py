@@ -60,8 +60,10 @@ def sim_node(workdir: Path, redis_url: str, gateway: dict | None = None, **sim) 
     """`gateway`: settings added to the [gateway] section (bench_limits gives its key file)."""
     extra = {"worker": {"backend": "sim", "max_concurrency": 1024, "sim": sim}, "cluster": {"name": workdir.name},
              "node": {"log_level": "warning"},
-             # The per-client request rate stays checked, but far above what one load generator sends.
-             "gateway": {"request_timeout": "120s", "requests_per_second_per_client": 1_000_000, **(gateway or {})}}
+             # The per-client guards stay checked, but far above what one load generator sends (it is one
+             # address: the default 256 connections per client would cut the paced rounds short).
+             "gateway": {"request_timeout": "120s", "requests_per_second_per_client": 1_000_000,
+                         "max_connections_per_client": 100_000, **(gateway or {})}}
     return CynodeProcess(workdir, redis_url=redis_url, models_dir=workdir / "models", extra=extra).start(timeout=60)
 
 
