@@ -159,3 +159,17 @@ async def test_a_jwts_rate_limit_claim_is_enforced_over_http(redis_conn, tmp_pat
         assert (await gw.chat(token(SECRET, sub="erin"))).status_code == 200  # another caller is not held back
     finally:
         await gw.stop()
+
+
+async def test_a_gateway_without_redis_refuses_a_token_with_limits_instead_of_ignoring_them(redis_conn, tmp_path):
+    verifier = JwtVerifier.from_config(config(tmp_path, secret_file=SECRET))
+    keys = ApiKeyStore.from_keys([("sk-cynode-admin-0123456789abcdef", ApiKey("admin"))])
+    gw = await GatewayHarness.start(redis_conn, keys, jwt=verifier)
+    limits, gw.state.limits = gw.state.limits, None  # as a gateway started without Redis has it
+    try:
+        refused = await gw.chat(token(SECRET, requests_per_minute=100))
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "limits_unavailable"
+        assert (await gw.chat(token(SECRET))).status_code == 200  # a token without limits is served
+    finally:
+        gw.state.limits = limits
+        await gw.stop()
