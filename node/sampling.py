@@ -32,8 +32,9 @@ GUIDE_KINDS = ("json", "tool_call")
 
 @dataclass(frozen=True, slots=True)
 class Guide:
-    """A constraint on the generated text: `kind` (GUIDE_KINDS) and a JSON Schema as canonical JSON
-    text (sorted keys), so equal constraints compare, hash and cache-key equal."""
+    """A constraint on the generated text: `kind` (GUIDE_KINDS) and a JSON Schema as compact JSON
+    text, in the client's key order (properties are generated in that order), so it compares, hashes
+    and cache-keys as text."""
 
     kind: str
     schema: str

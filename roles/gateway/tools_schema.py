@@ -17,11 +17,11 @@ Every refusal is a 400 naming the exact path (`tools[0].function.parameters`), a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import orjson
 from cynode.errors import RequestError
 from cynode.inference import ToolCall
 from cynode.sampling import Guide
@@ -30,13 +30,15 @@ __all__ = ["Tooling", "parse_tool_calls_field", "parse_tooling"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_TOOLS = 128  # as OpenAI
+# Deepest nesting of objects and arrays in a schema (vLLM's limit too): grammar compilers recurse.
+MAX_SCHEMA_NESTING = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Tooling:
     """What a chat request asks for beyond free text."""
 
-    tools: str = ""  # the functions offered, canonical JSON text ("" when none are rendered)
+    tools: str = ""  # the functions offered, compact JSON text ("" when none are rendered)
     names: tuple[str, ...] = ()
     choice: str = "none"  # "none", "auto", "required" or a function's name
     parallel: bool = True
@@ -158,6 +160,7 @@ def _parameters(value: Any, path: str) -> dict[str, Any]:
     if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
         _fail(f"{path}.required must be an array of strings; got {_show(required)}", f"{path}.required",
               "invalid_type")
+    _nesting(value, path)
     return value
 
 
@@ -220,6 +223,7 @@ def _response_format(value: Any) -> Guide | None:
     if not isinstance(schema, dict):
         _fail(f"response_format.json_schema.schema must be a JSON Schema object; got {_kind(schema)}",
               "response_format.json_schema.schema", "invalid_type")
+    _nesting(schema, "response_format.json_schema.schema")
     return Guide("json", _canonical(schema))
 
 
@@ -232,7 +236,22 @@ def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _canonical(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    """Compact JSON in the client's key order: a schema's properties are generated in their order,
+    and tools are shown to the model as given. (json, not orjson: a schema may hold integers beyond
+    64 bits, which orjson cannot write.)"""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _nesting(value: Any, path: str) -> None:
+    """A 400 for a schema nested deeper than MAX_SCHEMA_NESTING (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_SCHEMA_NESTING:
+            _fail(f"{path} is nested too deeply: objects and arrays may nest at most {MAX_SCHEMA_NESTING} levels",
+                  path, "invalid_value")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def _kind(value: Any) -> str:

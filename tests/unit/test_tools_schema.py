@@ -32,14 +32,13 @@ def test_json_object_asks_for_any_json_object():
     assert guide.kind == "json" and json.loads(guide.schema) == {"type": "object"}
 
 
-def test_json_schema_asks_for_that_schema_in_canonical_form():
-    schema = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
-    one = parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {
+def test_json_schema_asks_for_that_schema_with_its_properties_in_the_clients_order():
+    schema = {"type": "object", "required": ["name", "age"],
+              "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    guide = parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {
         "name": "thing", "schema": schema, "strict": True}})).sampling.guide
-    reordered = dict(reversed(list(schema.items())))
-    two = parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {
-        "name": "thing", "schema": reordered}})).sampling.guide
-    assert one == two and json.loads(one.schema) == schema
+    assert guide.kind == "json" and json.loads(guide.schema) == schema
+    assert list(json.loads(guide.schema)["properties"]) == ["name", "age"]  # generated in this order
 
 
 def test_text_response_format_asks_for_nothing():
@@ -109,3 +108,41 @@ def test_assistant_tool_calls_and_tool_messages_are_accepted():
 ])
 def test_bad_tool_and_format_fields_are_refused_naming_the_field(fields, param):
     assert refused(**fields).param == param
+
+
+def test_a_schema_nested_deeper_than_the_grammar_limit_is_refused():
+    deep: dict = {"type": "string"}
+    for _ in range(70):
+        deep = {"type": "object", "properties": {"a": deep}}
+    error = refused(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": deep}})
+    assert error.param == "response_format.json_schema.schema" and "nested too deeply" in error.message
+    assert refused(tools=[{"type": "function", "function": {"name": "f", "parameters": deep}}]).param == \
+        "tools[0].function.parameters"
+
+
+def test_integers_beyond_64_bits_in_a_schema_are_kept_exactly():
+    schema = {"type": "integer", "maximum": 2**70}
+    raw = ('{"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema",'
+           '"json_schema":{"name":"x","schema":' + json.dumps(schema) + '}}}').encode()
+    assert json.loads(parse_chat_request(raw).sampling.guide.schema) == schema
+
+
+def test_fuzzed_values_in_every_tool_and_format_field_get_400s_never_a_crash():
+    import random
+
+    rng = random.Random(9)
+    values = [None, True, -1, 2**70, 1e308, "", "x" * 300, [], {}, [[[[[]]]]], {"type": "function"},
+              {"type": "function", "function": {"name": "f", "parameters": {"type": ["object"]}}},
+              {"type": "json_schema", "json_schema": {"name": "n", "schema": {"$ref": 3}}},
+              [{"type": "function", "function": {"name": "f", "parameters": {"required": [1]}}}],
+              {"type": "function", "function": {"name": {}}}, [{"id": 1, "function": []}]]
+    for _ in range(3000):
+        fields = {name: rng.choice(values) for name in rng.sample(
+            ["tools", "tool_choice", "response_format", "parallel_tool_calls"], rng.randrange(1, 4))}
+        message = rng.choice([{"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": rng.choice(values), "tool_calls": rng.choice(values)},
+                              {"role": "tool", "content": "r", "tool_call_id": rng.choice(values)}])
+        try:
+            parse_chat_request(json.dumps({"model": "m", "messages": [message], **fields}).encode())
+        except RequestError as exc:
+            assert exc.status == 400 and exc.param
