@@ -106,6 +106,12 @@ class TokenSampler:
         if self._bitmask is None:
             self._bitmask = xgr.allocate_token_bitmask(1, scores.shape[-1])
         self.matcher.fill_next_token_bitmask(self._bitmask)
-        scores = scores.clone().unsqueeze(0)
-        xgr.apply_token_bitmask_inplace(scores, self._bitmask)
-        return scores.squeeze(0)
+        masked = scores.clone().unsqueeze(0)
+        xgr.apply_token_bitmask_inplace(masked, self._bitmask)
+        masked = masked.squeeze(0)
+        if not torch.isfinite(masked).any():
+            # The grammar allows nothing more (a schema no text satisfies): end the answer here
+            # rather than sample from nothing.
+            stop = torch.tensor(list(self.matcher.stop_token_ids) or [int(scores.argmax())], dtype=torch.long)
+            masked[stop] = scores[stop]
+        return masked

@@ -389,8 +389,9 @@ class VllmEngine(InferenceEngine):
             return {}
         if continuation:
             # vLLM's grammar starts at the answer's first token; a resumed answer is past it.
-            raise RequestError("a guided answer cannot be resumed on the vLLM engine", status=503,
-                               param=None, code="upstream_failed")
+            raise RequestError("a guided answer cannot be resumed on the vLLM engine", status=400,
+                               param="response_format" if params.guide.kind == "json" else "tool_choice",
+                               code="invalid_value")
         from cynode.engines.guided import vllm_structured_outputs
 
         return {"structured_outputs": self._vllm.structured_outputs(**vllm_structured_outputs(params.guide))}

@@ -107,7 +107,7 @@ class ToolCall(BaseModel):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = Field(description="May be null on an assistant message with tool_calls.")
+    content: str | list[ContentPart] | None = Field(None, description="May be null on an assistant message with tool_calls.")
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="An assistant message's calls (role assistant only).")
     tool_call_id: str | None = Field(None, description="Role tool: the id of the call this message answers (required).")
