@@ -40,6 +40,9 @@ class GenerationRequest:
     `continuation` is text the model already produced for this request on another worker (a
     migration): it goes right after the rendered prompt, as the start of the answer, and the
     engine generates what follows. It is not streamed again.
+
+    `tools` is OpenAI's `tools` as JSON text ("" for none): the functions the chat template (or,
+    for a template without tool support, `chat_prompt`'s own system text) offers the model.
     """
 
     request_id: str
@@ -48,6 +51,7 @@ class GenerationRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     continuation: str = ""
+    tools: str = ""
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ Record = tuple[int, float, list[tuple[int, float]]]  # (token, logprob, [(altern
 class LogprobSampler(TokenSampler):
     """A `TokenSampler` that also records each picked token's log probability and the top alternatives."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], top: int) -> None:
-        super().__init__(params, prompt_ids)
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], top: int, matcher=None) -> None:
+        super().__init__(params, prompt_ids, matcher)
         self.top = top
         self.records: list[Record] = []  # appended on the scheduler thread, read on the loop
 
@@ -54,11 +54,12 @@ class LogprobSampler(TokenSampler):
         return token
 
 
-def sampler_for(params: SamplingParams, prompt_ids: Sequence[int]) -> TokenSampler:
-    """The request's sampler: one that records log probabilities when the request asks for them."""
+def sampler_for(params: SamplingParams, prompt_ids: Sequence[int], matcher=None) -> TokenSampler:
+    """The request's sampler: one that records log probabilities when the request asks for them,
+    masked by `matcher` (a guided request's grammar) when there is one."""
     if params.logprobs is None:
-        return TokenSampler(params, prompt_ids)
-    return LogprobSampler(params, prompt_ids, params.logprobs)
+        return TokenSampler(params, prompt_ids, matcher)
+    return LogprobSampler(params, prompt_ids, params.logprobs, matcher)
 
 
 class LogprobTracker:

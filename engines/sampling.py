@@ -10,6 +10,11 @@ The order of the steps follows HF `generate` (which the engine used before): rep
 then OpenAI's presence and frequency penalties, then temperature, top-k and top-p. Sampling runs on
 the CPU whatever the model's device: a row of logits is a few hundred kilobytes, and a seed then means
 the same thing on every device.
+
+A guided request (structured output, a forced tool call) brings an xgrammar `GrammarMatcher`
+(`engines/guided.py`): after the penalties, every token the grammar does not allow next is masked
+out, and each picked token advances the matcher. The matcher lives with the sampler, so a preempted
+sequence resumes in the grammar exactly where it was.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from cynode.engines.base import SamplingParams
 class TokenSampler:
     """Picks one sequence's next tokens; keeps what its penalties need (the tokens seen so far)."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], matcher=None) -> None:
         self.params = params = params.resolved()
+        self.matcher = matcher  # an xgrammar GrammarMatcher, for a guided request
+        self._bitmask = None
         self._repetition = params.repetition_penalty != 1.0
         self._presence_frequency = bool(params.presence_penalty or params.frequency_penalty)
         # HF's repetition penalty looks at the prompt too; OpenAI's penalties at the answer only (as vLLM).
@@ -42,7 +49,7 @@ class TokenSampler:
     @property
     def plain_greedy(self) -> bool:
         """True when the pick is the raw logits' argmax, which the scheduler takes for all rows at once."""
-        return self.params.greedy and not (self._repetition or self._presence_frequency)
+        return self.params.greedy and not (self._repetition or self._presence_frequency or self.matcher)
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token from one row of logits (shape [vocab]); remembers it for the penalties."""
@@ -60,6 +67,8 @@ class TokenSampler:
             self._seen.add(token)
         if self._presence_frequency:
             self._counts[token] = self._counts.get(token, 0) + 1
+        if self.matcher is not None and not self.matcher.is_terminated():
+            self.matcher.accept_token(token)
 
     def process(self, scores: torch.Tensor) -> torch.Tensor:
         """Penalties, then (when sampling) temperature, top-k and top-p; returns new scores."""
@@ -74,6 +83,8 @@ class TokenSampler:
             counts = torch.tensor(list(self._counts.values()), dtype=scores.dtype)
             scores = scores.clone()
             scores[ids] -= p.frequency_penalty * counts + p.presence_penalty
+        if self.matcher is not None:
+            scores = self._mask(scores)
         if p.greedy:
             return scores
         scores = scores / p.temperature
@@ -87,3 +98,20 @@ class TokenSampler:
             drop[-1] = False  # keep at least the most likely token
             scores = scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
         return scores
+
+    def _mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` with every token the grammar does not allow next at -inf."""
+        import xgrammar as xgr  # only guided requests need it
+
+        if self._bitmask is None:
+            self._bitmask = xgr.allocate_token_bitmask(1, scores.shape[-1])
+        self.matcher.fill_next_token_bitmask(self._bitmask)
+        masked = scores.clone().unsqueeze(0)
+        xgr.apply_token_bitmask_inplace(masked, self._bitmask)
+        masked = masked.squeeze(0)
+        if not torch.isfinite(masked).any():
+            # The grammar allows nothing more (a schema no text satisfies): end the answer here
+            # rather than sample from nothing.
+            stop = torch.tensor(list(self.matcher.stop_token_ids) or [int(scores.argmax())], dtype=torch.long)
+            masked[stop] = scores[stop]
+        return masked

@@ -13,6 +13,11 @@ and then an end-of-text token (finish "stop"), fewer when `max_tokens` cuts it (
 strings, abort, usage and the 404/400 refusals behave as in the real engines (it shares their
 detokenizer), so the stack cannot tell the difference except by the text.
 
+Constrained output it cannot honour, having no model to constrain: a guided request
+(`response_format` json_object/json_schema, `tool_choice` required or a named function) is refused
+with a 400 naming the parameter, never answered with made-up words. `tools` with tool_choice "auto"
+are accepted (the answer, its words, simply calls nothing).
+
 Time comes from a `Clock`, so tests step it without sleeping.
 """
 
@@ -145,6 +150,10 @@ class SimEngine(InferenceEngine):
             raise EngineError(f"engine for {self.model_id} is {'closed' if self._closed else 'not started'}",
                               retryable=True)
         params = check_sampling(request.sampling)
+        if params.guide is not None:
+            param = "tool_choice" if params.guide.kind == "tool_call" else "response_format"
+            raise RequestError(f"the sim engine cannot constrain its output ({param}); serve a real model for it",
+                               status=400, param=param, code="unsupported_parameter")
         done = _tokens_in(request.continuation)  # a migrated request picks the cycle up where it was
         prompt_tokens = self._count_prompt(request) + done
         room = self.context_length - prompt_tokens

@@ -9,7 +9,9 @@ token ids into the `TokenDelta` stream of the engine interface. The work is done
   under the optional ceiling `max_concurrency`;
 - `batch_cache.RaggedKVCache`: the K/V of the running batch, one row per sequence;
 - `sampling.TokenSampler`: penalties and sampling per request, with the request's own generator;
-- `detokenizer.DeltaAssembler`: text deltas, stop strings, finish reason and usage, on the event loop.
+- `detokenizer.DeltaAssembler`: text deltas, stop strings, finish reason and usage, on the event loop;
+- `chat_prompt`: the chat template's arguments, tools included;
+- `guided.GrammarCache`: a guided request's grammar matcher (structured output, forced tool calls).
 
 Tokens cross from the scheduler thread to the stream with `loop.call_soon_threadsafe`; nothing here
 blocks the event loop. The same code serves `cpu`, `cuda` and `npu` (Ascend, through torch_npu).
@@ -30,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta
 from cynode.engines.batcher import ContinuousBatcher, Sequence
+from cynode.engines.chat_prompt import chat_template_args, template_knows_tools
 from cynode.engines.detokenizer import DeltaAssembler
 from cynode.engines.base import check_sampling
 from cynode.engines.logprobs import LogprobTracker, sampler_for
@@ -85,6 +88,8 @@ class TransformersEngine(InferenceEngine):
         self._tokenizer = None
         self._context_length = 0
         self._eos_ids: frozenset[int] = frozenset()
+        self._grammars = None  # guided.GrammarCache, made on the first guided request
+        self._native_tools = False
         # Fast tokenizers are Rust objects that raise "Already borrowed" under concurrent mutation.
         self._encode_lock = threading.Lock()
         self._batcher: ContinuousBatcher | None = None
@@ -133,6 +138,7 @@ class TransformersEngine(InferenceEngine):
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self._eos_ids = frozenset(eos_ids - {None})
         self._context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self._native_tools = template_knows_tools(tokenizer)
         self._tokenizer, self._model = tokenizer, model
 
     async def close(self) -> None:
@@ -205,10 +211,13 @@ class TransformersEngine(InferenceEngine):
                                param="messages" if request.messages else "prompt", code="context_length_exceeded")
         # A max_tokens beyond the context is cut to fit and ends with "length", as a long answer would.
         max_new = min(params.max_tokens or room, room)
+        matcher = None
+        if params.guide is not None:
+            matcher = await asyncio.to_thread(self._matcher, params.guide, request.continuation)
 
         batcher = self._batcher
         stream = _Stream(asyncio.get_running_loop())
-        sampler = sampler_for(params, input_ids)  # records log probabilities when they are asked for
+        sampler = sampler_for(params, input_ids, matcher)  # records log probabilities when they are asked for
         logprobs = LogprobTracker(sampler, self._tokenizer, skip_ids=self._eos_ids)
         stream.seq = Sequence(request.request_id, input_ids, max_new, sampler, stream.push)
         out = DeltaAssembler(self._tokenizer, stop=params.stop, prompt_tokens=prompt_len, max_new=max_new,
@@ -242,6 +251,14 @@ class TransformersEngine(InferenceEngine):
             if not self._streams[request.request_id]:
                 del self._streams[request.request_id]
 
+    def _matcher(self, guide, continuation: str):
+        if self._grammars is None:
+            from cynode.engines.guided import GrammarCache  # xgrammar: only once a guided request comes
+
+            vocab = int(getattr(self._model.config, "vocab_size", 0) or len(self._tokenizer))
+            self._grammars = GrammarCache(self._tokenizer, vocab, self._eos_ids)
+        return self._grammars.matcher(guide, continuation)
+
     def _check_running(self) -> None:
         if self._batcher is None or self._closed:
             raise EngineError(f"engine for {self.model_id} is {'closed' if self._closed else 'not started'}",
@@ -255,13 +272,15 @@ class TransformersEngine(InferenceEngine):
                 return list(self._tokenizer(request.prompt + request.continuation)["input_ids"])
             if not request.messages:
                 raise RequestError("messages is empty and no prompt was given", status=400, param="messages")
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            conversation, args = chat_template_args(request.messages, request.tools, self._native_tools)
             try:
                 if request.continuation:
                     # A migrated request: the answer so far follows the rendered prompt as plain text.
-                    text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                    text = self._tokenizer.apply_chat_template(conversation, **args, add_generation_prompt=True,
+                                                               tokenize=False)
                     return list(self._tokenizer(text + request.continuation, add_special_tokens=False)["input_ids"])
-                encoded = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                encoded = self._tokenizer.apply_chat_template(conversation, **args, add_generation_prompt=True,
+                                                              tokenize=True)
             except TemplateError as exc:
                 raise RequestError(f"messages do not fit {self.model_id}'s chat template: {exc}",
                                    status=400, param="messages") from exc

@@ -35,6 +35,7 @@ from cynode.engines.base import (
     EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta, Usage,
 )
 from cynode.engines.base import check_sampling
+from cynode.engines.chat_prompt import chat_template_args, template_knows_tools
 from cynode.engines.vllm_params import (
     VllmSettings, completion_tokens, engine_kwargs, finish_reason, missing_vllm_message,
     resolve_max_tokens, sampling_kwargs,
@@ -60,7 +61,7 @@ class _Vllm:
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
             from vllm.lora.request import LoRARequest
-            from vllm.sampling_params import RequestOutputKind
+            from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         except ImportError as exc:
             raise EngineError(missing_vllm_message(backend, f"import vllm failed: {exc}")) from exc
         try:
@@ -78,6 +79,7 @@ class _Vllm:
             dead_error = RuntimeError
         self.engine_args, self.engine_class, self.sampling_params = AsyncEngineArgs, AsyncLLMEngine, SamplingParams
         self.lora_request, self.delta = LoRARequest, RequestOutputKind.DELTA
+        self.structured_outputs = StructuredOutputsParams
         self.tokens_input, self.client_error, self.dead_error = tokens_input, client_error, dead_error
 
 
@@ -317,7 +319,8 @@ class VllmEngine(InferenceEngine):
                 max_tokens = resolve_max_tokens(params, len(prompt_ids), self._context_length,
                                                 model_id=self.model_id, chat=request.prompt is None)
                 try:
-                    vllm_params = vllm.sampling_params(**sampling_kwargs(params, max_tokens), output_kind=vllm.delta)
+                    vllm_params = vllm.sampling_params(**sampling_kwargs(params, max_tokens), output_kind=vllm.delta,
+                                                       **self._structured_outputs(params, request.continuation))
                 except (vllm.client_error, ValueError) as exc:
                     raise RequestError(f"vLLM refused the sampling parameters: {exc}", status=400,
                                        param=getattr(exc, "parameter", None)) from exc
@@ -380,6 +383,19 @@ class VllmEngine(InferenceEngine):
             else:
                 self._streams.pop(stream.request_id, None)
 
+    def _structured_outputs(self, params, continuation: str) -> dict:
+        """`structured_outputs=` for a guided request: the grammar the transformers engine uses too."""
+        if params.guide is None:
+            return {}
+        if continuation:
+            # vLLM's grammar starts at the answer's first token; a resumed answer is past it.
+            raise RequestError("a guided answer cannot be resumed on the vLLM engine", status=400,
+                               param="response_format" if params.guide.kind == "json" else "tool_choice",
+                               code="invalid_value")
+        from cynode.engines.guided import vllm_structured_outputs
+
+        return {"structured_outputs": self._vllm.structured_outputs(**vllm_structured_outputs(params.guide))}
+
     def _logprobs(self, token_ids: list[int], maps: list, params) -> tuple:
         if params.logprobs is None or not maps:
             return ()
@@ -400,13 +416,13 @@ class VllmEngine(InferenceEngine):
             raise RequestError("messages is empty and no prompt was given", status=400, param="messages")
         from jinja2.exceptions import TemplateError  # a dependency of transformers, hence of vLLM
 
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        conversation, args = chat_template_args(request.messages, request.tools, template_knows_tools(tokenizer))
         try:
             if request.continuation:
                 # A migrated request: the answer so far follows the rendered prompt as plain text.
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                text = tokenizer.apply_chat_template(conversation, **args, add_generation_prompt=True, tokenize=False)
                 return list(tokenizer.encode(text + request.continuation, add_special_tokens=False))
-            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            encoded = tokenizer.apply_chat_template(conversation, **args, add_generation_prompt=True, tokenize=True)
         except (TemplateError, ValueError) as exc:  # ValueError: the model has no chat template at all
             raise RequestError(f"messages do not fit {self.model_id}'s chat template: {exc}",
                                status=400, param="messages") from exc

@@ -2,7 +2,8 @@
 
 `SamplingParams` holds only what was asked for: a field left `None` was not given, so a model's
 `default_sampling` (models.json) can fill it and the prompt cache key ignores it. Engines call
-`resolved()` for concrete values. `RULES` is the single table of types, ranges and defaults that
+`resolved()` for concrete values. `guide` constrains what may be generated (structured output, a
+forced tool call): engines compile it into a grammar (`cynode.engines.guided`). `RULES` is the single table of types, ranges and defaults that
 the OpenAI request schema, the model registry and every engine check against; each of them words
 the failure in its own place (`temperature must be between 0 and 2; got 3`,
 `models[0].default_sampling.temperature: must be between 0 and 2, got 3`).
@@ -17,12 +18,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["MAX_LOGPROBS", "MAX_STOP", "RULES", "Rule", "SamplingParams", "check_stop", "check_value"]
+__all__ = ["GUIDE_KINDS", "MAX_LOGPROBS", "MAX_STOP", "RULES", "Guide", "Rule", "SamplingParams", "check_stop",
+           "check_value"]
 
 MAX_STOP = 4
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 _INT64 = (-(2**63), 2**63 - 1)
+<<<<<<< HEAD
 _INT32_MAX = 2**31 - 1  # top_k and max_tokens travel as int32 (common.proto): a bigger one is a 400, not a 500
+=======
+# "json": the answer is one JSON value valid against `schema` (response_format json_object is the
+# schema {"type": "object"}); "tool_call": the answer is one `<tool_call>` block whose JSON,
+# {"name": ..., "arguments": {...}}, is valid against `schema` (tool_choice required or named).
+GUIDE_KINDS = ("json", "tool_call")
+
+
+@dataclass(frozen=True, slots=True)
+class Guide:
+    """A constraint on the generated text: `kind` (GUIDE_KINDS) and a JSON Schema as compact JSON
+    text, in the client's key order (properties are generated in that order), so it compares, hashes
+    and cache-keys as text."""
+
+    kind: str
+    schema: str
+>>>>>>> structured
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +120,14 @@ class SamplingParams:
     # Not a sampling parameter, but asked for with them (as in vLLM): None = no log probabilities;
     # N = each generated token's and its N most likely alternatives'.
     logprobs: int | None = None
+    # Not a sampling parameter either, but it shapes the sampler: None = free text.
+    guide: Guide | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SamplingParams:
         """From checked values (models.json's default_sampling, say); unknown keys are ignored."""
-        known = {k: v for k, v in values.items() if k in _FIELDS and v is not None}
+        # A guide is asked for per request (response_format, tool_choice), never a model default.
+        known = {k: v for k, v in values.items() if k in _FIELDS and k != "guide" and v is not None}
         stop = known.get("stop")
         if stop is not None:
             known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -121,6 +143,8 @@ class SamplingParams:
             values["stop"] = list(self.stop)
         if self.logprobs is not None:
             values["logprobs"] = self.logprobs
+        if self.guide is not None:
+            values["guide"] = {"kind": self.guide.kind, "schema": self.guide.schema}
         return values
 
     def over(self, defaults: SamplingParams) -> SamplingParams:
@@ -130,6 +154,8 @@ class SamplingParams:
             return defaults
         if "stop" in mine:
             mine["stop"] = self.stop
+        if "guide" in mine:
+            mine["guide"] = self.guide
         return replace(defaults, **mine)
 
     def resolved(self) -> SamplingParams:
@@ -158,6 +184,8 @@ class SamplingParams:
             found.append((bad[1], bad[0], bad[2]))  # (where, code, rule)
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             found.append(("logprobs", "invalid_value", f"must be between 0 and {MAX_LOGPROBS}"))
+        if self.guide is not None and self.guide.kind not in GUIDE_KINDS:
+            found.append(("guide", "invalid_value", f"must be one of {', '.join(GUIDE_KINDS)}"))
         return found
 
 

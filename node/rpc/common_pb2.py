@@ -24,27 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63ynode/rpc/common.proto\x12\tcynode.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\x05H\x08\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"a\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.cynode.v1.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x9b\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x17\n\x0f\x66ootprint_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06in_use\x18\x08 \x01(\x05\"\x13\n\x11ListModelsRequest\"7\n\x0fListModelsReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.cynode.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63ynode/rpc/common.proto\x12\tcynode.v1\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"k\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\'\n\ntool_calls\x18\x03 \x03(\x0b\x32\x13.cynode.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"%\n\x05Guide\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06schema\x18\x02 \x01(\t\"\xbe\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\t \x01(\x02H\x07\x88\x01\x01\x12\x15\n\x08logprobs\x18\n \x01(\x05H\x08\x88\x01\x01\x12$\n\x05guide\x18\x0b \x01(\x0b\x32\x10.cynode.v1.GuideH\t\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobsB\x08\n\x06_guide\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"a\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\x12\"\n\x03top\x18\x04 \x03(\x0b\x32\x15.cynode.v1.TopLogprob\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x9b\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x0e\n\x06loaded\x18\x05 \x01(\x08\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x17\n\x0f\x66ootprint_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06in_use\x18\x08 \x01(\x05\"\x13\n\x11ListModelsRequest\"7\n\x0fListModelsReply\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.cynode.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cynode.rpc.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATMESSAGE']._serialized_start=38
-  _globals['_CHATMESSAGE']._serialized_end=82
-  _globals['_SAMPLINGPARAMS']._serialized_start=85
-  _globals['_SAMPLINGPARAMS']._serialized_end=483
-  _globals['_TOPLOGPROB']._serialized_start=485
-  _globals['_TOPLOGPROB']._serialized_end=544
-  _globals['_TOKENLOGPROB']._serialized_start=546
-  _globals['_TOKENLOGPROB']._serialized_end=643
-  _globals['_USAGE']._serialized_start=645
-  _globals['_USAGE']._serialized_end=702
-  _globals['_MODELINFO']._serialized_start=705
-  _globals['_MODELINFO']._serialized_end=860
-  _globals['_LISTMODELSREQUEST']._serialized_start=862
-  _globals['_LISTMODELSREQUEST']._serialized_end=881
-  _globals['_LISTMODELSREPLY']._serialized_start=883
-  _globals['_LISTMODELSREPLY']._serialized_end=938
+  _globals['_TOOLCALL']._serialized_start=38
+  _globals['_TOOLCALL']._serialized_end=93
+  _globals['_CHATMESSAGE']._serialized_start=95
+  _globals['_CHATMESSAGE']._serialized_end=202
+  _globals['_GUIDE']._serialized_start=204
+  _globals['_GUIDE']._serialized_end=241
+  _globals['_SAMPLINGPARAMS']._serialized_start=244
+  _globals['_SAMPLINGPARAMS']._serialized_end=690
+  _globals['_TOPLOGPROB']._serialized_start=692
+  _globals['_TOPLOGPROB']._serialized_end=751
+  _globals['_TOKENLOGPROB']._serialized_start=753
+  _globals['_TOKENLOGPROB']._serialized_end=850
+  _globals['_USAGE']._serialized_start=852
+  _globals['_USAGE']._serialized_end=909
+  _globals['_MODELINFO']._serialized_start=912
+  _globals['_MODELINFO']._serialized_end=1067
+  _globals['_LISTMODELSREQUEST']._serialized_start=1069
+  _globals['_LISTMODELSREQUEST']._serialized_end=1088
+  _globals['_LISTMODELSREPLY']._serialized_start=1090
+  _globals['_LISTMODELSREPLY']._serialized_end=1145
 # @@protoc_insertion_point(module_scope)

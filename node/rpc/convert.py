@@ -1,4 +1,5 @@
-"""The one place domain types cross to and from protobuf: sampling, messages, usage.
+"""The one place domain types cross to and from protobuf: sampling (its guide too), messages (their
+tool calls too), usage.
 
 Every service and client converts here, so a field added to `SamplingParams` and to the proto's
 `SamplingParams` flows through the gateway, the coordinator and the worker with no other edit.
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cynode.inference import ChatMessage, TokenLogprob, TopLogprob, Usage
-from cynode.sampling import RULES, SamplingParams
+from cynode.inference import ChatMessage, TokenLogprob, ToolCall, TopLogprob, Usage
+from cynode.sampling import RULES, Guide, SamplingParams
 
 from . import common_pb2
 
@@ -31,20 +32,28 @@ def sampling_to_pb(sampling: SamplingParams, *, max_tokens: int | None = None) -
         pb.max_tokens = max_tokens
     if sampling.logprobs is not None:
         pb.logprobs = sampling.logprobs
+    if sampling.guide is not None:
+        pb.guide.kind, pb.guide.schema = sampling.guide.kind, sampling.guide.schema
     return pb
 
 
 def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
     values = {name: getattr(pb, name) for name in _SCALARS if pb.HasField(name)}
-    return SamplingParams(stop=tuple(pb.stop), logprobs=pb.logprobs if pb.HasField("logprobs") else None, **values)
+    guide = Guide(pb.guide.kind, pb.guide.schema) if pb.HasField("guide") else None
+    return SamplingParams(stop=tuple(pb.stop), logprobs=pb.logprobs if pb.HasField("logprobs") else None,
+                          guide=guide, **values)
 
 
 def messages_to_pb(messages: Iterable[ChatMessage]) -> list[common_pb2.ChatMessage]:
-    return [common_pb2.ChatMessage(role=m.role, content=m.content) for m in messages]
+    return [common_pb2.ChatMessage(role=m.role, content=m.content, tool_call_id=m.tool_call_id,
+                                   tool_calls=[common_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                                               for c in m.tool_calls])
+            for m in messages]
 
 
 def messages_from_pb(pbs: Sequence[common_pb2.ChatMessage]) -> tuple[ChatMessage, ...]:
-    return tuple(ChatMessage(m.role, m.content) for m in pbs)
+    return tuple(ChatMessage(m.role, m.content, tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+                             m.tool_call_id) for m in pbs)
 
 
 def usage_to_pb(usage: Usage) -> common_pb2.Usage:

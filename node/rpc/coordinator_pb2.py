@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from cynode.rpc import common_pb2 as cynode_dot_rpc_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ynode/rpc/coordinator.proto\x12\tcynode.v1\x1a\x17\x63ynode/rpc/common.proto\"\x9c\x02\n\x0c\x41\x64mitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x14\n\x0c\x61pi_key_name\x18\x04 \x01(\t\x12\x17\n\x0f\x65xclude_workers\x18\x05 \x03(\t\x12(\n\x08messages\x18\x06 \x03(\x0b\x32\x16.cynode.v1.ChatMessage\x12+\n\x08sampling\x18\x07 \x01(\x0b\x32\x19.cynode.v1.SamplingParams\x12(\n\ncache_mode\x18\x08 \x01(\x0e\x32\x14.cynode.v1.CacheMode\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x0e\n\x06prompt\x18\n \x01(\t\"\xa6\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0eworker_address\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x19\n\x11lease_deadline_ms\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x11\n\tcacheable\x18\x08 \x01(\x08\"g\n\x0e\x43\x61\x63hedResponse\x12\x0e\n\x06\x64\x65ltas\x18\x01 \x03(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\"\x82\x01\n\nAdmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\nassignment\x18\x02 \x01(\x0b\x32\x15.cynode.v1.AssignmentH\x00\x12+\n\x06\x63\x61\x63hed\x18\x03 \x01(\x0b\x32\x19.cynode.v1.CachedResponseH\x00\x42\t\n\x07outcome\"5\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"7\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x19\n\x11lease_deadline_ms\x18\x02 \x01(\x03\"\xde\x01\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65ltas\x18\x08 \x03(\t\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x14\n\x0cworker_fault\x18\n \x01(\x08\x12\r\n\x05model\x18\x0b \x01(\t\"#\n\rCompleteReply\x12\x12\n\ntask_state\x18\x01 \x01(\t\"B\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\"\r\n\x0b\x43\x61ncelReply\"\x0f\n\rStatusRequest\"\x9f\x01\n\x0cWorkerStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0f\n\x07\x62reaker\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x05\x12\x0e\n\x06leased\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0e\n\x06weight\x18\x08 \x01(\x05\x12\x0e\n\x06models\x18\t \x03(\t\"\xf6\x01\n\x0bStatusReply\x12\x11\n\tleader_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x15\n\rqueue_pending\x18\x05 \x01(\x05\x12\x16\n\x0equeue_inflight\x18\x06 \x01(\x05\x12\x12\n\nqueue_dead\x18\x07 \x01(\x05\x12(\n\x07workers\x18\x08 \x03(\x0b\x32\x17.cynode.v1.WorkerStatus\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\t \x01(\x01\x12\x15\n\rcache_entries\x18\n \x01(\x05*F\n\tCacheMode\x12\x11\n\rCACHE_DEFAULT\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_NO_CACHE\x10\x01\x12\x12\n\x0e\x43\x41\x43HE_NO_STORE\x10\x02\x32\x8d\x03\n\x0b\x43oordinator\x12\x37\n\x05\x41\x64mit\x12\x17.cynode.v1.AdmitRequest\x1a\x15.cynode.v1.AdmitReply\x12\x43\n\tHeartbeat\x12\x1b.cynode.v1.HeartbeatRequest\x1a\x19.cynode.v1.HeartbeatReply\x12@\n\x08\x43omplete\x12\x1a.cynode.v1.CompleteRequest\x1a\x18.cynode.v1.CompleteReply\x12:\n\x06\x43\x61ncel\x12\x18.cynode.v1.CancelRequest\x1a\x16.cynode.v1.CancelReply\x12\x46\n\nListModels\x12\x1c.cynode.v1.ListModelsRequest\x1a\x1a.cynode.v1.ListModelsReply\x12:\n\x06Status\x12\x18.cynode.v1.StatusRequest\x1a\x16.cynode.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ynode/rpc/coordinator.proto\x12\tcynode.v1\x1a\x17\x63ynode/rpc/common.proto\"\xab\x02\n\x0c\x41\x64mitRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x14\n\x0c\x61pi_key_name\x18\x04 \x01(\t\x12\x17\n\x0f\x65xclude_workers\x18\x05 \x03(\t\x12(\n\x08messages\x18\x06 \x03(\x0b\x32\x16.cynode.v1.ChatMessage\x12+\n\x08sampling\x18\x07 \x01(\x0b\x32\x19.cynode.v1.SamplingParams\x12(\n\ncache_mode\x18\x08 \x01(\x0e\x32\x14.cynode.v1.CacheMode\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\r\n\x05tools\x18\x0b \x01(\t\"\xa6\x01\n\nAssignment\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0eworker_address\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x19\n\x11lease_deadline_ms\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x11\n\tcacheable\x18\x08 \x01(\x08\"g\n\x0e\x43\x61\x63hedResponse\x12\x0e\n\x06\x64\x65ltas\x18\x01 \x03(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\"\x82\x01\n\nAdmitReply\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\nassignment\x18\x02 \x01(\x0b\x32\x15.cynode.v1.AssignmentH\x00\x12+\n\x06\x63\x61\x63hed\x18\x03 \x01(\x0b\x32\x19.cynode.v1.CachedResponseH\x00\x42\t\n\x07outcome\"5\n\x10HeartbeatRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"7\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x19\n\x11lease_deadline_ms\x18\x02 \x01(\x03\"\xde\x01\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65ltas\x18\x08 \x03(\t\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x14\n\x0cworker_fault\x18\n \x01(\x08\x12\r\n\x05model\x18\x0b \x01(\t\"#\n\rCompleteReply\x12\x12\n\ntask_state\x18\x01 \x01(\t\"B\n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\"\r\n\x0b\x43\x61ncelReply\"\x0f\n\rStatusRequest\"\x9f\x01\n\x0cWorkerStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0f\n\x07\x62reaker\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x05\x12\x0e\n\x06leased\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0e\n\x06weight\x18\x08 \x01(\x05\x12\x0e\n\x06models\x18\t \x03(\t\"\xf6\x01\n\x0bStatusReply\x12\x11\n\tleader_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x15\n\rqueue_pending\x18\x05 \x01(\x05\x12\x16\n\x0equeue_inflight\x18\x06 \x01(\x05\x12\x12\n\nqueue_dead\x18\x07 \x01(\x05\x12(\n\x07workers\x18\x08 \x03(\x0b\x32\x17.cynode.v1.WorkerStatus\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\t \x01(\x01\x12\x15\n\rcache_entries\x18\n \x01(\x05*F\n\tCacheMode\x12\x11\n\rCACHE_DEFAULT\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_NO_CACHE\x10\x01\x12\x12\n\x0e\x43\x41\x43HE_NO_STORE\x10\x02\x32\x8d\x03\n\x0b\x43oordinator\x12\x37\n\x05\x41\x64mit\x12\x17.cynode.v1.AdmitRequest\x1a\x15.cynode.v1.AdmitReply\x12\x43\n\tHeartbeat\x12\x1b.cynode.v1.HeartbeatRequest\x1a\x19.cynode.v1.HeartbeatReply\x12@\n\x08\x43omplete\x12\x1a.cynode.v1.CompleteRequest\x1a\x18.cynode.v1.CompleteReply\x12:\n\x06\x43\x61ncel\x12\x18.cynode.v1.CancelRequest\x1a\x16.cynode.v1.CancelReply\x12\x46\n\nListModels\x12\x1c.cynode.v1.ListModelsRequest\x1a\x1a.cynode.v1.ListModelsReply\x12:\n\x06Status\x12\x18.cynode.v1.StatusRequest\x1a\x16.cynode.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cynode.rpc.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CACHEMODE']._serialized_start=1647
-  _globals['_CACHEMODE']._serialized_end=1717
+  _globals['_CACHEMODE']._serialized_start=1662
+  _globals['_CACHEMODE']._serialized_end=1732
   _globals['_ADMITREQUEST']._serialized_start=69
-  _globals['_ADMITREQUEST']._serialized_end=353
-  _globals['_ASSIGNMENT']._serialized_start=356
-  _globals['_ASSIGNMENT']._serialized_end=522
-  _globals['_CACHEDRESPONSE']._serialized_start=524
-  _globals['_CACHEDRESPONSE']._serialized_end=627
-  _globals['_ADMITREPLY']._serialized_start=630
-  _globals['_ADMITREPLY']._serialized_end=760
-  _globals['_HEARTBEATREQUEST']._serialized_start=762
-  _globals['_HEARTBEATREQUEST']._serialized_end=815
-  _globals['_HEARTBEATREPLY']._serialized_start=817
-  _globals['_HEARTBEATREPLY']._serialized_end=872
-  _globals['_COMPLETEREQUEST']._serialized_start=875
-  _globals['_COMPLETEREQUEST']._serialized_end=1097
-  _globals['_COMPLETEREPLY']._serialized_start=1099
-  _globals['_COMPLETEREPLY']._serialized_end=1134
-  _globals['_CANCELREQUEST']._serialized_start=1136
-  _globals['_CANCELREQUEST']._serialized_end=1202
-  _globals['_CANCELREPLY']._serialized_start=1204
-  _globals['_CANCELREPLY']._serialized_end=1217
-  _globals['_STATUSREQUEST']._serialized_start=1219
-  _globals['_STATUSREQUEST']._serialized_end=1234
-  _globals['_WORKERSTATUS']._serialized_start=1237
-  _globals['_WORKERSTATUS']._serialized_end=1396
-  _globals['_STATUSREPLY']._serialized_start=1399
-  _globals['_STATUSREPLY']._serialized_end=1645
-  _globals['_COORDINATOR']._serialized_start=1720
-  _globals['_COORDINATOR']._serialized_end=2117
+  _globals['_ADMITREQUEST']._serialized_end=368
+  _globals['_ASSIGNMENT']._serialized_start=371
+  _globals['_ASSIGNMENT']._serialized_end=537
+  _globals['_CACHEDRESPONSE']._serialized_start=539
+  _globals['_CACHEDRESPONSE']._serialized_end=642
+  _globals['_ADMITREPLY']._serialized_start=645
+  _globals['_ADMITREPLY']._serialized_end=775
+  _globals['_HEARTBEATREQUEST']._serialized_start=777
+  _globals['_HEARTBEATREQUEST']._serialized_end=830
+  _globals['_HEARTBEATREPLY']._serialized_start=832
+  _globals['_HEARTBEATREPLY']._serialized_end=887
+  _globals['_COMPLETEREQUEST']._serialized_start=890
+  _globals['_COMPLETEREQUEST']._serialized_end=1112
+  _globals['_COMPLETEREPLY']._serialized_start=1114
+  _globals['_COMPLETEREPLY']._serialized_end=1149
+  _globals['_CANCELREQUEST']._serialized_start=1151
+  _globals['_CANCELREQUEST']._serialized_end=1217
+  _globals['_CANCELREPLY']._serialized_start=1219
+  _globals['_CANCELREPLY']._serialized_end=1232
+  _globals['_STATUSREQUEST']._serialized_start=1234
+  _globals['_STATUSREQUEST']._serialized_end=1249
+  _globals['_WORKERSTATUS']._serialized_start=1252
+  _globals['_WORKERSTATUS']._serialized_end=1411
+  _globals['_STATUSREPLY']._serialized_start=1414
+  _globals['_STATUSREPLY']._serialized_end=1660
+  _globals['_COORDINATOR']._serialized_start=1735
+  _globals['_COORDINATOR']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

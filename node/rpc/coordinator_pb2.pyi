@@ -18,7 +18,7 @@ CACHE_NO_CACHE: CacheMode
 CACHE_NO_STORE: CacheMode
 
 class AdmitRequest(_message.Message):
-    __slots__ = ("request_id", "model", "priority", "api_key_name", "exclude_workers", "messages", "sampling", "cache_mode", "idempotency_key", "prompt")
+    __slots__ = ("request_id", "model", "priority", "api_key_name", "exclude_workers", "messages", "sampling", "cache_mode", "idempotency_key", "prompt", "tools")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class AdmitRequest(_message.Message):
     CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     priority: int
@@ -39,7 +40,8 @@ class AdmitRequest(_message.Message):
     cache_mode: CacheMode
     idempotency_key: str
     prompt: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ..., api_key_name: _Optional[str] = ..., exclude_workers: _Optional[_Iterable[str]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., idempotency_key: _Optional[str] = ..., prompt: _Optional[str] = ...) -> None: ...
+    tools: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., priority: _Optional[int] = ..., api_key_name: _Optional[str] = ..., exclude_workers: _Optional[_Iterable[str]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., idempotency_key: _Optional[str] = ..., prompt: _Optional[str] = ..., tools: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("worker_id", "worker_address", "lease_id", "epoch", "lease_deadline_ms", "model", "attempt", "cacheable")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cynode.rpc import common_pb2 as cynode_dot_rpc_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63ynode/rpc/worker.proto\x12\tcynode.v1\x1a\x17\x63ynode/rpc/common.proto\"\x1d\n\x0cModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"1\n\nModelReply\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cynode.v1.ModelInfo\"\xfc\x01\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.cynode.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.cynode.v1.SamplingParams\x12\x10\n\x08lease_id\x18\x06 \x01(\t\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x13\n\x0bresume_text\x18\x08 \x01(\t\x12\x15\n\rresume_tokens\x18\t \x01(\x05\x12\x13\n\x0b\x63oalesce_ms\x18\n \x01(\x05\"\x92\x01\n\x0cPredictChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.cynode.v1.Usage\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.cynode.v1.TokenLogprob\"u\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x03(\t\x12\x10\n\x08lease_id\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x12\n\ndimensions\x18\x06 \x01(\x05\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\nEmbedReply\x12\"\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x14.cynode.v1.Embedding\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"\x0f\n\rHealthRequest\"\xa6\x01\n\x0bHealthReply\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12$\n\x06models\x18\x04 \x03(\x0b\x32\x14.cynode.v1.ModelInfo\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t2\x82\x03\n\x06Worker\x12?\n\x07Predict\x12\x19.cynode.v1.PredictRequest\x1a\x17.cynode.v1.PredictChunk0\x01\x12\x37\n\x05\x45mbed\x12\x17.cynode.v1.EmbedRequest\x1a\x15.cynode.v1.EmbedReply\x12:\n\x06Health\x12\x18.cynode.v1.HealthRequest\x1a\x16.cynode.v1.HealthReply\x12;\n\tLoadModel\x12\x17.cynode.v1.ModelRequest\x1a\x15.cynode.v1.ModelReply\x12=\n\x0bUnloadModel\x12\x17.cynode.v1.ModelRequest\x1a\x15.cynode.v1.ModelReply\x12\x46\n\nListModels\x12\x1c.cynode.v1.ListModelsRequest\x1a\x1a.cynode.v1.ListModelsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63ynode/rpc/worker.proto\x12\tcynode.v1\x1a\x17\x63ynode/rpc/common.proto\"\x1d\n\x0cModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"1\n\nModelReply\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cynode.v1.ModelInfo\"\x8b\x02\n\x0ePredictRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.cynode.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.cynode.v1.SamplingParams\x12\x10\n\x08lease_id\x18\x06 \x01(\t\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x13\n\x0bresume_text\x18\x08 \x01(\t\x12\x15\n\rresume_tokens\x18\t \x01(\x05\x12\x13\n\x0b\x63oalesce_ms\x18\n \x01(\x05\x12\r\n\x05tools\x18\x0b \x01(\t\"\x92\x01\n\x0cPredictChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.cynode.v1.Usage\x12)\n\x08logprobs\x18\x05 \x03(\x0b\x32\x17.cynode.v1.TokenLogprob\"u\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x03(\t\x12\x10\n\x08lease_id\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x12\n\ndimensions\x18\x06 \x01(\x05\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"`\n\nEmbedReply\x12\"\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x14.cynode.v1.Embedding\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.cynode.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"\x0f\n\rHealthRequest\"\xa6\x01\n\x0bHealthReply\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12$\n\x06models\x18\x04 \x03(\x0b\x32\x14.cynode.v1.ModelInfo\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t2\x82\x03\n\x06Worker\x12?\n\x07Predict\x12\x19.cynode.v1.PredictRequest\x1a\x17.cynode.v1.PredictChunk0\x01\x12\x37\n\x05\x45mbed\x12\x17.cynode.v1.EmbedRequest\x1a\x15.cynode.v1.EmbedReply\x12:\n\x06Health\x12\x18.cynode.v1.HealthRequest\x1a\x16.cynode.v1.HealthReply\x12;\n\tLoadModel\x12\x17.cynode.v1.ModelRequest\x1a\x15.cynode.v1.ModelReply\x12=\n\x0bUnloadModel\x12\x17.cynode.v1.ModelRequest\x1a\x15.cynode.v1.ModelReply\x12\x46\n\nListModels\x12\x1c.cynode.v1.ListModelsRequest\x1a\x1a.cynode.v1.ListModelsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,19 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREPLY']._serialized_start=94
   _globals['_MODELREPLY']._serialized_end=143
   _globals['_PREDICTREQUEST']._serialized_start=146
-  _globals['_PREDICTREQUEST']._serialized_end=398
-  _globals['_PREDICTCHUNK']._serialized_start=401
-  _globals['_PREDICTCHUNK']._serialized_end=547
-  _globals['_EMBEDREQUEST']._serialized_start=549
-  _globals['_EMBEDREQUEST']._serialized_end=666
-  _globals['_EMBEDDING']._serialized_start=668
-  _globals['_EMBEDDING']._serialized_end=695
-  _globals['_EMBEDREPLY']._serialized_start=697
-  _globals['_EMBEDREPLY']._serialized_end=793
-  _globals['_HEALTHREQUEST']._serialized_start=795
-  _globals['_HEALTHREQUEST']._serialized_end=810
-  _globals['_HEALTHREPLY']._serialized_start=813
-  _globals['_HEALTHREPLY']._serialized_end=979
-  _globals['_WORKER']._serialized_start=982
-  _globals['_WORKER']._serialized_end=1368
+  _globals['_PREDICTREQUEST']._serialized_end=413
+  _globals['_PREDICTCHUNK']._serialized_start=416
+  _globals['_PREDICTCHUNK']._serialized_end=562
+  _globals['_EMBEDREQUEST']._serialized_start=564
+  _globals['_EMBEDREQUEST']._serialized_end=681
+  _globals['_EMBEDDING']._serialized_start=683
+  _globals['_EMBEDDING']._serialized_end=710
+  _globals['_EMBEDREPLY']._serialized_start=712
+  _globals['_EMBEDREPLY']._serialized_end=808
+  _globals['_HEALTHREQUEST']._serialized_start=810
+  _globals['_HEALTHREQUEST']._serialized_end=825
+  _globals['_HEALTHREPLY']._serialized_start=828
+  _globals['_HEALTHREPLY']._serialized_end=994
+  _globals['_WORKER']._serialized_start=997
+  _globals['_WORKER']._serialized_end=1383
 # @@protoc_insertion_point(module_scope)

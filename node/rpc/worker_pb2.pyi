@@ -20,7 +20,7 @@ class ModelReply(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "prompt", "sampling", "lease_id", "epoch", "resume_text", "resume_tokens", "coalesce_ms")
+    __slots__ = ("request_id", "model", "messages", "prompt", "sampling", "lease_id", "epoch", "resume_text", "resume_tokens", "coalesce_ms", "tools")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class PredictRequest(_message.Message):
     RESUME_TEXT_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COALESCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
@@ -41,7 +42,8 @@ class PredictRequest(_message.Message):
     resume_text: str
     resume_tokens: int
     coalesce_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resume_text: _Optional[str] = ..., resume_tokens: _Optional[int] = ..., coalesce_ms: _Optional[int] = ...) -> None: ...
+    tools: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., lease_id: _Optional[str] = ..., epoch: _Optional[int] = ..., resume_text: _Optional[str] = ..., resume_tokens: _Optional[int] = ..., coalesce_ms: _Optional[int] = ..., tools: _Optional[str] = ...) -> None: ...
 
 class PredictChunk(_message.Message):
     __slots__ = ("text", "token_ids", "finish_reason", "usage", "logprobs")

@@ -80,19 +80,31 @@ class CachedResponse:
 
 
 def cache_key(model: str, version: str, messages: Sequence[ChatMessage], sampling: SamplingParams,
-              adapter: str = "", prompt: str = "") -> str:
+              adapter: str = "", prompt: str = "", tools: str = "") -> str:
     """SHA-256 over a canonical JSON form; parameters not given are left out, so defaults match.
-    `prompt`: a raw completion prompt (`/v1/completions`), never equal to any chat's key."""
+    `prompt`: a raw completion prompt (`/v1/completions`), never equal to any chat's key. `tools`
+    (the JSON of the functions offered) and the sampling's guide (response_format, a forced tool
+    call) change the prompt or the grammar, so they are part of the key."""
     canonical = {
         "model": model,
         "version": version,
         "adapter": adapter,
-        "messages": [[m.role, m.content] for m in messages],
+        "messages": [_message(m) for m in messages],
         "sampling": sampling.given(),
     }
     if prompt:
         canonical["prompt"] = prompt
+    if tools:
+        canonical["tools"] = tools
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _message(m: ChatMessage) -> list:
+    """[role, content], with the tool calls and the answered call's id only when there are any (so
+    keys made before tools existed still match)."""
+    if not (m.tool_calls or m.tool_call_id):
+        return [m.role, m.content]
+    return [m.role, m.content, [[c.id, c.name, c.arguments] for c in m.tool_calls], m.tool_call_id]
 
 
 class PromptCache:

@@ -142,7 +142,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         sampling = sampling_from_pb(request.sampling)
         if not (self._cache_nondeterministic or sampling.deterministic):
             return None
-        return cache_key(model_id, version, messages_from_pb(request.messages), sampling, prompt=request.prompt)
+        return cache_key(model_id, version, messages_from_pb(request.messages), sampling, prompt=request.prompt,
+                         tools=request.tools)
 
     async def Heartbeat(self, request: coordinator_pb2.HeartbeatRequest, context) -> coordinator_pb2.HeartbeatReply:
         self._require_leader()

@@ -1,4 +1,9 @@
-"""`POST /v1/chat/completions`: validate, authorize, run one `Completion` per choice, answer as SSE or JSON."""
+"""`POST /v1/chat/completions`: validate, authorize, run one `Completion` per choice, answer as SSE or JSON.
+
+With `tools` (and a tool_choice other than "none") the answer is read for tool calls
+(`tool_calls.py`): they leave as `message.tool_calls` (streamed: `delta.tool_calls`, one chunk per
+call as it closes) with finish_reason "tool_calls".
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from .choices import Choice, answer
 from .completion import Completion
 from .openai_schema import parse_chat_request
 from .state import GatewayState
+from .tool_calls import ToolCallParser, parse_answer
+from .tools_schema import Tooling
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +46,13 @@ async def chat_completions(request: web.Request, *, body: bytes | None = None,
             idempotency_key=idempotency_key(request, request_id, i, chat.n),
             priority=state.priority(key), key_name=key.name,
             cache_mode=cache_mode, timeout=state.config.request_timeout, max_attempts=state.config.max_retries + 1,
-            stream=chat.stream, degraded=state.degraded,
+            stream=chat.stream, degraded=state.degraded, tools=chat.tooling.tools,
         ))
         for i in range(chat.n)
     ]
-    return await answer(request, state, key, request_id, choices, CHAT, prompt_chars=sum(len(m.content) for m in chat.messages),
+    form = ToolChatFormat(chat.tooling) if chat.tooling.parses_calls else CHAT
+    return await answer(request, state, key, request_id, choices, form,
+                        prompt_chars=sum(len(m.content) for m in chat.messages) + len(chat.tooling.tools),
                         max_tokens=chat.sampling.max_tokens, stream=chat.stream, include_usage=chat.include_usage,
                         sink=sink)
 
@@ -102,3 +111,47 @@ class ChatFormat:
 
 
 CHAT = ChatFormat()
+
+
+class ToolChatFormat(ChatFormat):
+    """Chat whose answers are read for tool calls."""
+
+    def __init__(self, tooling: Tooling) -> None:
+        self._names, self._parallel = tooling.names, tooling.parallel
+
+    def encoder(self, request_id: str, model: str, created: int, include_usage: bool, index: int):
+        return ToolChunkEncoder(super().encoder(request_id, model, created, include_usage, index),
+                                ToolCallParser(self._names, parallel=self._parallel))
+
+    def whole(self, request_id: str, model: str, created: int, choices: list[Choice], usage: dict[str, int]):
+        out = []
+        for c in choices:
+            parsed = parse_answer("".join(c.parts), self._names, parallel=self._parallel)
+            calls = [fmt.tool_call(call.id, call.name, call.arguments) for call in parsed.calls]
+            reason = "tool_calls" if calls else c.completion.finish_reason
+            out.append(fmt.chat_choice(c.index, parsed.content, reason,
+                                       chat_logprobs(c.logprobs) if c.completion.wants_logprobs else None, calls))
+        return fmt.chat_completion_of(request_id, model, created, out, usage)
+
+
+class ToolChunkEncoder:
+    """A chat stream's encoder that sends content as the parser releases it and each call when it closes."""
+
+    def __init__(self, inner: fmt.ChunkEncoder, parser: ToolCallParser) -> None:
+        self._inner, self._parser = inner, parser
+        self.role, self.usage = inner.role, inner.usage
+
+    def content(self, text: str, logprobs: dict[str, Any] | None = None) -> bytes:
+        return self._chunks(*self._parser.feed(text), logprobs)
+
+    def finish(self, reason: str) -> bytes:
+        chunks = self._chunks(*self._parser.finish(), None)
+        return chunks + self._inner.finish("tool_calls" if self._parser.calls else reason)
+
+    def _chunks(self, content: str, calls, logprobs) -> bytes:
+        out = self._inner.content(content, logprobs) if content or logprobs is not None else b""
+        if calls:
+            first = len(self._parser.calls) - len(calls)
+            out += self._inner.tool_calls([fmt.tool_call(c.id, c.name, c.arguments, index=first + i)
+                                           for i, c in enumerate(calls)])
+        return out

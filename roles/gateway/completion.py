@@ -45,10 +45,11 @@ class Completion:
     def __init__(self, upstream: Upstream, *, model: str, messages: tuple[ChatMessage, ...], sampling: SamplingParams,
                  request_id: str, idempotency_key: str, priority: int, key_name: str, cache_mode: int,
                  timeout: float, max_attempts: int, stream: bool = True, prompt: str = "",
-                 degraded: Degraded | None = None) -> None:
+                 degraded: Degraded | None = None, tools: str = "") -> None:
         """`stream`: the client reads the pieces as they come; when False (it reads the answer
         whole) the worker sends fewer, bigger pieces, which costs every hop less per token.
-        `prompt`: a raw completion prompt (`/v1/completions`), given instead of `messages`."""
+        `prompt`: a raw completion prompt (`/v1/completions`), given instead of `messages`.
+        `tools`: the functions offered to the model, as JSON text ("" for none)."""
         self._upstream = upstream
         self._sampling = sampling
         self.wants_logprobs = sampling.logprobs is not None
@@ -58,11 +59,11 @@ class Completion:
         self._admit_request = coordinator_pb2.AdmitRequest(
             request_id=request_id, model=model, priority=priority, api_key_name=key_name,
             sampling=sampling_to_pb(sampling), idempotency_key=idempotency_key, messages=messages_to_pb(messages),
-            cache_mode=cache_mode, prompt=prompt,
+            cache_mode=cache_mode, prompt=prompt, tools=tools,
         )
         self._predict_request_pb = worker_pb2.PredictRequest(
             request_id=request_id, messages=self._admit_request.messages, sampling=self._admit_request.sampling,
-            prompt=prompt)
+            prompt=prompt, tools=tools)
         self._deadline = time.monotonic() + timeout
         self._max_attempts = max_attempts
         self._coalesce_ms = 0 if stream else COALESCE_MS

@@ -19,7 +19,7 @@ import orjson
 
 __all__ = ["SSE_DONE", "SSE_KEEPALIVE", "ChunkEncoder", "TextChunkEncoder", "chat_choice", "chat_completion",
            "chat_completion_of", "completion_id", "json_bytes", "model_card", "model_list", "sse_event",
-           "text_choice", "text_completion", "text_completion_id", "usage_dict"]
+           "text_choice", "text_completion", "text_completion_id", "tool_call", "usage_dict"]
 
 SSE_DONE = b"data: [DONE]\n\n"
 # An SSE comment: clients ignore it, proxies see bytes flowing while the first token is awaited.
@@ -52,13 +52,19 @@ def chat_completion(id: str, model: str, created: int, text: str, finish_reason:
     return chat_completion_of(id, model, created, [chat_choice(0, text, finish_reason)], usage)
 
 
-def chat_choice(index: int, text: str, finish_reason: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "index": index,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": logprobs,
-        "finish_reason": finish_reason,
-    }
+def chat_choice(index: int, text: str | None, finish_reason: str, logprobs: dict[str, Any] | None = None,
+                tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`tool_calls` (`tool_call`'s dicts): the message carries them, and `content` may be None."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def tool_call(call_id: str, name: str, arguments: str, index: int | None = None) -> dict[str, Any]:
+    """One call in OpenAI's shape; `index` (its position in the message) only in stream chunks."""
+    call: dict[str, Any] = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    return call if index is None else {"index": index, **call}
 
 
 def chat_completion_of(id: str, model: str, created: int, choices: list[dict[str, Any]],
@@ -116,6 +122,11 @@ class ChunkEncoder:
     def finish(self, reason: str) -> bytes:
         return (self._head + self._index + b',"delta":{},"logprobs":null,"finish_reason":' + orjson.dumps(reason)
                 + b"}]" + self._tail)
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> bytes:
+        """A chunk carrying whole calls (`tool_call` with `index`): id, name and all the arguments at once."""
+        return (self._head + self._index + b',"delta":{"tool_calls":' + orjson.dumps(calls)
+                + b'},"logprobs":null,"finish_reason":null}]' + self._tail)
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The extra last chunk sent with `include_usage`: no choices, only the token counts."""

@@ -4,7 +4,8 @@ Hand-written rather than a pydantic model: every refusal must name the exact JSO
 (`messages[1].content[0].type`) and read like OpenAI's own 400s, and clients rely on the
 OpenAI rules (null means "not given", booleans are not numbers, unknown fields are ignored).
 Parameters we cannot honour yet are refused rather than silently dropped, because a client
-asking for tools or JSON mode would otherwise get plausible-looking but wrong output.
+asking for them would otherwise get plausible-looking but wrong output. `tools`, `tool_choice` and
+`response_format` are validated by `tools_schema`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import orjson
 from cynode.errors import RequestError
 from cynode.inference import ChatMessage
 from cynode.sampling import MAX_LOGPROBS, RULES, SamplingParams, check_stop, check_value
+
+from .tools_schema import Tooling, parse_tool_calls_field, parse_tooling
 
 __all__ = ["MAX_CHOICES", "MAX_EMBEDDING_INPUTS", "ROLES", "ChatCompletionRequest", "CompletionRequest",
            "EmbeddingRequest", "parse_chat_request", "parse_completion_request", "parse_embedding_request"]
@@ -40,6 +43,7 @@ class ChatCompletionRequest:
     sampling: SamplingParams = SamplingParams()
     user: str | None = None
     n: int = 1
+    tooling: Tooling = Tooling()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,9 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         sampling = replace(sampling, logprobs=_top_logprobs(data.get("top_logprobs"), "top_logprobs"))
     elif data.get("top_logprobs") is not None:
         _fail("top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
+    tooling = parse_tooling(data)
+    if tooling.guide is not None:
+        sampling = replace(sampling, guide=tooling.guide)
     return ChatCompletionRequest(
         model=model,
         messages=_messages(data.get("messages")),
@@ -120,6 +127,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         sampling=sampling,
         user=_user(data),
         n=_n(data, 1),
+        tooling=tooling,
     )
 
 
@@ -270,9 +278,20 @@ def _message(item: Any, path: str) -> ChatMessage:
         _fail(f"{path}.role is required", f"{path}.role", "missing_required_parameter")
     if role not in ROLES:
         _fail(f"{path}.role must be one of {', '.join(ROLES)}; got {_show(role)}", f"{path}.role", "invalid_value")
-    if item.get("tool_calls"):
-        _fail(f"{path}.tool_calls is not supported yet", f"{path}.tool_calls", "unsupported_parameter")
-    return ChatMessage(role=role, content=_content(item.get("content"), f"{path}.content"))
+    tool_calls = ()
+    if item.get("tool_calls") is not None:
+        if role != "assistant":
+            _fail(f"{path}.tool_calls is only allowed on an assistant message", f"{path}.tool_calls", "invalid_value")
+        tool_calls = parse_tool_calls_field(item["tool_calls"], f"{path}.tool_calls")
+    tool_call_id = item.get("tool_call_id")
+    if role == "tool" and (not isinstance(tool_call_id, str) or not tool_call_id):
+        _fail(f"{path}.tool_call_id is required for a tool message (the id of the call it answers)",
+              f"{path}.tool_call_id", "missing_required_parameter" if tool_call_id is None else "invalid_type")
+    content = item.get("content")
+    if content is None and tool_calls:
+        content = ""  # an assistant message that only calls tools
+    return ChatMessage(role=role, content=_content(content, f"{path}.content"), tool_calls=tool_calls,
+                       tool_call_id=tool_call_id if role == "tool" else "")
 
 
 def _content(value: Any, path: str) -> str:
@@ -352,11 +371,8 @@ def _stop(value: Any) -> tuple[str, ...]:
 
 # Parameters we accept only at their default value, mapped to "is this value the default?".
 _UNSUPPORTED = {
-    "tools": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none", "auto"),
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none", "auto"),
-    "response_format": lambda v: v is None or v == {"type": "text"},
     "logit_bias": lambda v: v in (None, {}),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
@@ -371,10 +387,7 @@ def _refuse_unsupported(data: dict[str, Any], unsupported: dict) -> None:
         value = data.get(name)
         if is_default(value):
             continue
-        if name == "response_format" and isinstance(value, dict) and "type" in value:
-            what = f"response_format type {_show(value['type'])}"
-        else:
-            what = name if isinstance(value, (list, dict)) else f"{name}={_show(value)}"
+        what = name if isinstance(value, (list, dict)) else f"{name}={_show(value)}"
         _fail(f"{what} is not supported yet", name, "unsupported_parameter")
 
 

@@ -94,10 +94,52 @@ class ContentPart(_Open):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] | None = Field(None, description="May be null on an assistant message with tool_calls.")
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant message's calls (role assistant only).")
+    tool_call_id: str | None = Field(None, description="Role tool: the id of the call this message answers (required).")
+
+
+class FunctionDefinition(_Open):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of an object; none: no arguments.")
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"]
+    function: dict[str, str] = Field(description='{"name": <one of the tools>}')
+
+
+class JsonSchemaFormat(_Open):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; none: any JSON.")
+    strict: bool | None = Field(None, description="Accepted either way: the output is always constrained.")
+    description: str | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(None, description="Required with type json_schema.")
 
 
 class ChatCompletionRequest(_Sampling):
@@ -105,21 +147,26 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, description="Wins over max_tokens.")
     logprobs: bool | None = Field(False, description="Return each generated token's log probability.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the most likely alternatives.")
-    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"}; others are refused (400).")
-    tools: list[dict[str, Any]] | None = Field(None, description="Refused (400) unless empty.")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only \"none\" or \"auto\" without tools.")
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the answer is constrained (grammar decoding) to such JSON.")
+    tools: list[Tool] | None = Field(None, max_length=128, description="Functions the model may call.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="auto (default with tools), none, required or a named function (forced: the answer is "
+                          "constrained to one valid call).")
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call is returned.")
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None
-    finish_reason: Literal["stop", "length", "abort"] | None
+    finish_reason: Literal["stop", "length", "abort", "tool_calls"] | None
 
 
 class ChatCompletion(BaseModel):
@@ -131,9 +178,14 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ChunkToolCall(ToolCall):
+    index: int = Field(description="The call's position in the message; each call comes whole, in one chunk.")
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -51,7 +51,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     messages=messages_from_pb(request.messages), prompt=request.prompt or None,
                     # The model's default_sampling under what the client set.
                     sampling=sampling_from_pb(request.sampling).over(spec.default_sampling),
-                    continuation=request.resume_text,
+                    continuation=request.resume_text, tools=request.tools,
                 )
                 merge = request.coalesce_ms / 1000
                 pending: worker_pb2.PredictChunk | None = None  # merged deltas not sent yet

@@ -65,7 +65,8 @@ def test_unknown_fields_and_default_valued_extras_are_ignored():
 
 
 def test_all_roles_are_accepted():
-    messages = [{"role": r, "content": r} for r in ("system", "developer", "user", "assistant", "tool")]
+    messages = [{"role": r, "content": r, **({"tool_call_id": "call_1"} if r == "tool" else {})}
+                for r in ("system", "developer", "user", "assistant", "tool")]
     request = parse_chat_request(body(messages=messages))
     assert [m.role for m in request.messages] == ["system", "developer", "user", "assistant", "tool"]
 
@@ -184,10 +185,10 @@ def test_an_empty_content_part_list_is_refused():
     assert refused(body(messages=[{"role": "user", "content": []}])).param == "messages[0].content"
 
 
-def test_tool_calls_in_a_message_are_not_supported_yet():
+def test_a_tool_call_in_a_message_without_a_function_names_the_field():
     message = {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}
     error = refused(body(messages=[message]))
-    assert error.param == "messages[0].tool_calls" and "not supported yet" in error.message
+    assert error.param == "messages[0].tool_calls[0].function"
 
 
 # --- streaming --------------------------------------------------------------------------------
@@ -299,9 +300,6 @@ def test_bad_logprobs_are_refused(fields, param):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}),
     ("logit_bias", {"50256": -100}),
 ])
 def test_unsupported_features_are_refused_rather_than_ignored(field, value):

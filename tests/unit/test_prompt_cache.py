@@ -89,3 +89,21 @@ async def test_the_size_bound_evicts_the_least_recently_used(redis):
     assert await cache.size() == 3
     assert await cache.get(keys[1]) is None  # q1 was least recently used
     assert all([await cache.get(keys[0]), await cache.get(keys[2]), await cache.get(keys[3])])
+
+
+def test_the_key_covers_the_guide_the_tools_and_the_tool_calls_of_the_messages():
+    from cynode.inference import ToolCall
+    from cynode.sampling import Guide
+
+    base = cache_key("m", "v1", MESSAGES, SAMPLING)
+    as_json = replace(SAMPLING, guide=Guide("json", '{"type":"object"}'))
+    other_schema = replace(SAMPLING, guide=Guide("json", '{"type":"array"}'))
+    keys = {base, cache_key("m", "v1", MESSAGES, as_json), cache_key("m", "v1", MESSAGES, other_schema),
+            cache_key("m", "v1", MESSAGES, SAMPLING, tools='[{"type":"function","function":{"name":"f"}}]'),
+            cache_key("m", "v1", MESSAGES, SAMPLING, tools='[{"type":"function","function":{"name":"g"}}]')}
+    assert len(keys) == 5
+    called = (*MESSAGES, ChatMessage("assistant", "", (ToolCall("c1", "f", "{}"),)))
+    answered = (*MESSAGES, ChatMessage("assistant", "", (ToolCall("c1", "f", '{"a":1}'),)))
+    assert cache_key("m", "v1", called, SAMPLING) != cache_key("m", "v1", answered, SAMPLING)
+    # Messages without tool calls keep the keys they had before tools existed.
+    assert cache_key("m", "v1", MESSAGES, SAMPLING) == base

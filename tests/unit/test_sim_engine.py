@@ -192,3 +192,24 @@ async def test_the_real_clock_paces_a_short_answer_and_counts_its_tokens():
     text, deltas = await collect(engine, chat())
     assert text == "".join(WORDS[:5])
     assert deltas[-1].usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("kind, param", [("json", "response_format"), ("tool_call", "tool_choice")])
+async def test_a_guided_request_is_refused_naming_its_parameter_never_answered_with_words(kind, param):
+    from cynode.sampling import Guide
+
+    engine = await started()
+    with pytest.raises(RequestError) as caught:
+        await collect(engine, chat(guide=Guide(kind, '{"type":"object"}')))
+    assert caught.value.status == 400 and caught.value.param == param and caught.value.code == "unsupported_parameter"
+    await engine.close()
+
+
+async def test_tools_without_a_forced_choice_are_accepted_and_the_words_come_as_ever():
+    engine = await started()
+    plain = await collect(engine, chat())
+    request = chat()
+    with_tools = GenerationRequest(request_id=request.request_id + "-t", model="sim", messages=request.messages,
+                                   sampling=request.sampling, tools='[{"type":"function","function":{"name":"f"}}]')
+    assert (await collect(engine, with_tools))[0] == plain[0]
+    await engine.close()
