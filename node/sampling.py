@@ -24,9 +24,8 @@ __all__ = ["GUIDE_KINDS", "MAX_LOGPROBS", "MAX_STOP", "RULES", "Guide", "Rule", 
 MAX_STOP = 4
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 _INT64 = (-(2**63), 2**63 - 1)
-<<<<<<< HEAD
 _INT32_MAX = 2**31 - 1  # top_k and max_tokens travel as int32 (common.proto): a bigger one is a 400, not a 500
-=======
+
 # "json": the answer is one JSON value valid against `schema` (response_format json_object is the
 # schema {"type": "object"}); "tool_call": the answer is one `<tool_call>` block whose JSON,
 # {"name": ..., "arguments": {...}}, is valid against `schema` (tool_choice required or named).
@@ -41,7 +40,6 @@ class Guide:
 
     kind: str
     schema: str
->>>>>>> structured
 
 
 @dataclass(frozen=True, slots=True)
