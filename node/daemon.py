@@ -29,8 +29,8 @@ from .gossip_agent import GossipAgent
 from .http_routes import cluster_routes, node_routes
 from .operations import Operations
 from .peer_auth import PeerAuth
-from .redis_conn import RedisConnection, safe_url
-from .redis_tls import redis_options
+from .redis_conn import RedisConnection
+from .redis_tls import open_redis
 from .role import Role, RoleContext
 from .rpc.local import LocalServices
 from .systemd import Notifier, status_line
@@ -140,9 +140,9 @@ class Daemon:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
         if {"coordinator", "gateway"} & set(roles):
-            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name, redis_options(cfg.redis))
+            self._redis = open_redis(cfg.redis, cfg.cluster.name)
             await self._redis.connect()
-            log.info("Redis at %s", safe_url(cfg.redis.url))
+            log.info("Redis: %s", self._redis.where)
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)
         await self._gossip.start()
         hosts = {split_host_port(self._gossip.service_address(r))[0] for r in ("worker", "coordinator") if r in roles}

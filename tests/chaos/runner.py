@@ -23,6 +23,7 @@ import itertools
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,12 @@ def next_host() -> str:
 
 class ChaosCluster:
     def __init__(self, workdir: Path, redis_url: str, models_dir: Path, *, name: str | None = None,
-                 redis_section: dict | None = None) -> None:
+                 redis_section: dict | None = None, redis_client: Callable[[], redis.Redis] | None = None) -> None:
+        """`redis_client`: how the test itself reaches the cluster's Redis (default: `redis_url`),
+        e.g. through Sentinels that may have moved the master."""
         self.workdir = workdir
         self.redis_url = redis_url
+        self._redis_client = redis_client
         self.redis_section = redis_section or {}
         self.models_dir = models_dir
         self.name = name or f"chaos-{uuid.uuid4().hex[:8]}"
@@ -137,6 +141,8 @@ class ChaosCluster:
 
     # --- what Redis says ------------------------------------------------------------------------
     def redis(self) -> redis.Redis:
+        if self._redis_client is not None:
+            return self._redis_client()
         return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
 
     def key(self, *parts: str) -> str:
