@@ -138,11 +138,40 @@ class RedisConnection:
                 await sentinel.aclose()
 
 
+# Redis refusing writes for a while, not a bug in the command: a full disk under its data dir
+# (MISCONF: the AOF or RDB write failed), maxmemory reached (OOM), no replicas (NOREPLICAS), a
+# demoted master (READONLY). Each heals without cynode doing anything: retry later.
+_REFUSALS = {
+    "MISCONF": "Redis cannot persist writes (is the disk under its data dir full?)",
+    "OOM": "Redis is out of memory (maxmemory)",
+    "NOREPLICAS": "Redis has too few replicas for writes (min-replicas-to-write)",
+    "READONLY": "Redis is a read-only replica (a failover in progress?)",
+}
+
+
+def refusal(exc: BaseException) -> str | None:
+    """What a Redis error reply that means "not now" says, or None for any other error."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):  # redis-py strips these prefixes
+        return f"{_REFUSALS['OOM']}: {exc}"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return f"{_REFUSALS['READONLY']}: {exc}"
+    if isinstance(exc, redis.exceptions.ResponseError):
+        word = str(exc).split(" ", 1)[0]
+        if word in _REFUSALS:
+            return f"{_REFUSALS[word]}: {exc}"
+    return None
+
+
 @contextlib.contextmanager
 def translate_errors(what: str):
     """Turn redis-py failures into UnavailableError naming the operation."""
     try:
         yield
+    except redis.exceptions.ResponseError as exc:
+        reason = refusal(exc)
+        if reason is None:
+            raise
+        raise UnavailableError(f"{reason} during {what}", retry_after=2.0) from exc
     except redis.exceptions.ConnectionError as exc:
         raise UnavailableError(f"Redis unreachable during {what}: {exc}", retry_after=1.0) from exc
     except redis.exceptions.TimeoutError as exc:
