@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import httpx
@@ -83,3 +84,17 @@ def test_a_full_disk_under_redis_refuses_new_work_clearly_and_loses_nothing(tmp_
     finally:
         cluster.stop()
         server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_node_whose_data_dir_is_full_refuses_to_start_naming_the_folder(tmp_path, small_disk):
+    _fill(small_disk)
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{small_disk}/data"\nroles = ["worker"]\n[worker]\nbackend = "sim"\n'
+                      f'listen = "127.0.0.1:0"\n[gossip]\nbind = "127.0.0.1:0"\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    done = subprocess.run([sys.executable, "-m", "cynode", "run", "-c", str(config)], capture_output=True, text=True,
+                          timeout=80)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"[node] data_dir {small_disk}/data" in out and "No space left on device" in out, out[-2000:]
+    assert "free space there" in out and "Traceback" not in out, out[-2000:]
