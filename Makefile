@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.vllm-installed
 
-.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover bench-mtls gpu-check protos check-protos docs clean \
+.PHONY: install install-vllm run test bench bench-overhead bench-limits bench-coordinator bench-engines bench-vllm bench-gossip bench-training bench-failover bench-mtls report soak gpu-check protos check-protos docs clean \
         binary binary-slim deb tarball
 
 install: $(STAMP)
@@ -63,6 +63,22 @@ bench-gossip: install
 
 bench-failover: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_failover.py --rounds 2
+
+# Every chaos scenario (tests/chaos) with its records kept, then a Markdown report with PNG plots
+# under reports/chaos/ (its path is printed). The report is written even when a scenario fails.
+report: install
+	rm -rf reports/chaos-records
+	CHAOS_OUT=reports/chaos-records HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos; \
+	status=$$?; $(BIN)/python tests/chaos/report.py reports/chaos-records reports/chaos --command "make report"; exit $$status
+
+# The chaos scenarios over and over (SOAK_ROUNDS, default 5: about 5 minutes a round here), each
+# round's records kept and reported; stops at the first failing round.
+SOAK_ROUNDS ?= 5
+soak: install
+	for i in $$(seq 1 $(SOAK_ROUNDS)); do \
+	  CHAOS_OUT=reports/soak-records/round-$$i HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -x tests/chaos || exit 1; \
+	  $(BIN)/python tests/chaos/report.py reports/soak-records/round-$$i reports/soak/round-$$i --command "make soak (round $$i)" || exit 1; \
+	done
 
 bench-training: install
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/bench/bench_training.py

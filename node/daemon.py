@@ -13,6 +13,8 @@ re-reads models (the roles), API keys and the cluster keyring (`node/reload_hook
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import signal
 import uuid
@@ -29,8 +31,8 @@ from .gossip_agent import GossipAgent
 from .http_routes import cluster_routes, node_routes
 from .operations import Operations
 from .peer_auth import PeerAuth
-from .redis_conn import RedisConnection, safe_url
-from .redis_tls import redis_options
+from .redis_conn import RedisConnection
+from .redis_tls import open_redis
 from .role import Role, RoleContext
 from .rpc.local import LocalServices
 from .systemd import Notifier, status_line
@@ -52,6 +54,19 @@ def _role_class(name: str) -> Callable[[RoleContext], Role]:
         return CoordinatorRole
     from cynode.roles.gateway import GatewayRole
     return GatewayRole
+
+
+@contextlib.contextmanager
+def _data_dir_errors(cfg: NodeConfig):
+    """The files start-up writes under data_dir (cluster key, API keys): a full or read-only disk is a
+    StartupError naming the folder and the reason, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or cfg.node.data_dir
+        hint = "free space there" if exc.errno == errno.ENOSPC else "fix its permissions"
+        raise StartupError(f"[node] data_dir {cfg.node.data_dir}: cannot write {where}: {exc.strerror or exc} "
+                           f"({hint}, or point data_dir at another disk)") from exc
 
 
 class Daemon:
@@ -129,20 +144,21 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.config
-        cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.cluster.key_file is None and ensure_key_file(cfg.cluster_key_path):
-            log.info("created cluster key %s; copy it to every node of the cluster", cfg.cluster_key_path)
+        with _data_dir_errors(cfg):
+            cfg.node.data_dir.mkdir(parents=True, exist_ok=True)
+            if cfg.cluster.key_file is None and ensure_key_file(cfg.cluster_key_path):
+                log.info("created cluster key %s; copy it to every node of the cluster", cfg.cluster_key_path)
+            api_keys = self._api_keys()
         telemetry = Telemetry(cfg.node.id)
         roles = self._planned = [name for name in ROLE_ORDER if name in cfg.node.roles]
-        api_keys = self._api_keys()
         keys = load_keys(cfg.cluster_key_path)
         if cfg.redis.embedded:
             self._embedded = EmbeddedRedis(cfg.redis.url, cfg.node.data_dir)
             await self._embedded.start()
         if {"coordinator", "gateway"} & set(roles):
-            self._redis = RedisConnection(cfg.redis.url, cfg.cluster.name, redis_options(cfg.redis))
+            self._redis = open_redis(cfg.redis, cfg.cluster.name)
             await self._redis.connect()
-            log.info("Redis at %s", safe_url(cfg.redis.url))
+            log.info("Redis: %s", self._redis.where)
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)
         await self._gossip.start()
         hosts = {split_host_port(self._gossip.service_address(r))[0] for r in ("worker", "coordinator") if r in roles}

@@ -138,6 +138,18 @@ def _redis(config: NodeConfig, ping: Callable[[str], None]) -> Iterator[Check]:
             yield Check("redis", FAIL, f"the embedded Redis port {parts.port or 6379}: {problem[0]}",
                         problem[1] + "; or point [redis] url at another port")
         return
+    if config.redis.sentinels:
+        answering = []
+        for sentinel in config.redis.sentinels:
+            try:
+                ping(f"redis://{sentinel}/0")
+                answering.append(sentinel)
+            except Exception as exc:
+                yield Check("redis", FAIL, f"[redis] sentinels: {sentinel} does not answer: {exc}",
+                            "start that Sentinel or remove it from [redis] sentinels")
+        if answering:
+            yield Check("redis", OK, f"Sentinels {', '.join(answering)} answer PING (master {config.redis.master_name!r})")
+        return
     try:
         ping(config.redis.url)
     except Exception as exc:

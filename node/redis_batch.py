@@ -7,6 +7,10 @@ round trip is in flight goes at once, alone, from the caller's own task, so a lo
 for nothing; scripts asked for while one is in flight wait for it and then go together, in one
 pipeline (one write, one read). Each caller gets its own script's reply or error; Redis runs every
 script atomically either way.
+
+Given a connection with `wait_replicas` (Sentinel mode), every round trip, a lone script's too, is
+a pipeline ending in `WAIT` (`RedisConnection.durable`): a caller's reply means its write is on
+the replicas as well, and `NotReplicatedError` (a time-out) when it is not.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ __all__ = ["ScriptBatcher"]
 
 
 class ScriptBatcher:
-    def __init__(self, client) -> None:
+    def __init__(self, client, connection=None) -> None:
+        """`connection`: the `RedisConnection` of `client`, whose `wait_replicas` every round trip honours."""
         self._client = client
+        self._durable = connection.durable if connection is not None and connection.wait_replicas else None
         self._queue: list[tuple[AsyncScript, list[Any], asyncio.Future]] = []
         self._flushing = False
         self._tasks = BackgroundTasks("redis-batch")
@@ -39,6 +45,11 @@ class ScriptBatcher:
         self._flushing = True
         try:
             self.round_trips += 1
+            if self._durable is not None:
+                reply = (await self._replies([(script, args, None)]))[0]
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
             return await script(args=args)  # redis-py loads the script if Redis lost it
         finally:
             if self._queue:
@@ -60,14 +71,7 @@ class ScriptBatcher:
     async def _send(self, batch: list[tuple[AsyncScript, list[Any], asyncio.Future]]) -> None:
         self.round_trips += 1
         try:
-            replies = await self._pipeline(batch)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
-            if missing:  # Redis restarted (or SCRIPT FLUSH): load them and go again
-                for script in {batch[i][0] for i in missing}:
-                    await self._client.script_load(script.script)
-                again = await self._pipeline([batch[i] for i in missing])
-                for i, reply in zip(missing, again):
-                    replies[i] = reply
+            replies = await self._replies(batch)
         except BaseException as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -83,10 +87,27 @@ class ScriptBatcher:
             else:
                 future.set_result(reply)
 
+    async def _replies(self, batch) -> list[Any]:
+        """One reply (or error) per script, loading the scripts Redis lost (a restart, a failover to a
+        replica that never saw SCRIPT LOAD, SCRIPT FLUSH) and sending those again."""
+        replies = await self._pipeline(batch)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            for script in {batch[i][0] for i in missing}:
+                await self._client.script_load(script.script)
+            again = await self._pipeline([batch[i] for i in missing])
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        return replies
+
     async def _pipeline(self, batch) -> list[Any]:
+        def queue(pipe) -> None:
+            for script, args, _ in batch:
+                pipe.evalsha(script.sha, 0, *args)
+        if self._durable is not None:
+            return await self._durable(queue)
         pipe = self._client.pipeline(transaction=False)
-        for script, args, _ in batch:
-            pipe.evalsha(script.sha, 0, *args)
+        queue(pipe)
         return await pipe.execute(raise_on_error=False)
 
     async def close(self) -> None:

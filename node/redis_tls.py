@@ -1,4 +1,4 @@
-"""The `[redis]` TLS and ACL settings as redis-py connection options (`RedisConnection(options=...)`).
+"""The `[redis]` section as a connection (`open_redis`): TLS and ACL settings as redis-py options, Sentinels.
 
 `rediss://` turns TLS on (redis-py); the server's certificate is always verified, against
 `tls_ca_file` or the system's CAs, with its host name checked. `username` and the password read from
@@ -11,7 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from .config.sections import RedisSection
+from .config.types import split_host_port
 from .errors import ConfigError
+from .redis_conn import RedisConnection
+
+
+def open_redis(section: RedisSection, cluster: str) -> RedisConnection:
+    """The connection `[redis]` describes: the url's server, or the master its Sentinels name."""
+    return RedisConnection(
+        section.url, cluster, redis_options(section),
+        sentinels=[split_host_port(s) for s in section.sentinels], master_name=section.master_name,
+        wait_replicas=section.wait_replicas if section.sentinels else 0, wait_timeout=section.wait_timeout,
+    )
 
 
 def redis_options(section: RedisSection) -> dict[str, Any]:

@@ -41,10 +41,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class CynodeProcess:
     def __init__(self, workdir: Path, *, redis_url: str, models_dir: Path, host: str = "127.0.0.1",
-                 embedded_redis: bool = False, extra: dict | None = None, env: dict | None = None) -> None:
+                 embedded_redis: bool = False, extra: dict | None = None, env: dict | None = None,
+                 launcher: tuple[str, ...] = ()) -> None:
+        """`launcher`: words run before the daemon's command (`ip netns exec <ns>`: a node in a network
+        namespace of its own; its ports are then drawn on 127.0.0.1 here, any is free in there)."""
         self.workdir = workdir
         self.host = host
-        self.ports = {name: free_port(host) for name in ("gateway", "coordinator", "worker", "metrics", "gossip")}
+        self.launcher = launcher
+        port_host = "127.0.0.1" if launcher else host
+        self.ports = {name: free_port(port_host) for name in ("gateway", "coordinator", "worker", "metrics", "gossip")}
         config = {
             "node": {"id": f"node-{self.ports['gateway']}", "data_dir": str(workdir / "data"), "drain_timeout": "30s"},
             "gossip": {"bind": f"{host}:{self.ports['gossip']}"},
@@ -75,7 +80,7 @@ class CynodeProcess:
 
     def start(self, timeout: float = 300.0) -> "CynodeProcess":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cynode", "run", "-c", str(self.config_path)],
+        self.proc = subprocess.Popen([*self.launcher, sys.executable, "-m", "cynode", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -14,9 +14,11 @@ from daemon_harness import free_port
 class RedisServer:
     """A real redis-server on a free loopback port, with its own data folder."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        """`args`: more redis-server options (`--replicaof 127.0.0.1 6379`, ...)."""
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -30,7 +32,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "yes", "--protected-mode", "yes"],
+             "--save", "", "--appendonly", "yes", "--protected-mode", "yes", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
@@ -48,4 +50,10 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: no AOF flush, no goodbye to replicas (a crashed master)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)

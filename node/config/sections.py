@@ -86,6 +86,14 @@ class RedisSection(Section):
     """rediss:// only: PEM client certificate, for a Redis that requires one (tls-auth-clients yes)."""
     tls_key_file: LocalPath | None = None
     """rediss:// only: PEM private key of tls_cert_file."""
+    sentinels: tuple[Address, ...] = ()
+    """host:port of Redis Sentinels; when set, the master `master_name` is found (and followed across failovers) through them, and `url` gives only the scheme, database, user and password."""
+    master_name: str = ""
+    """With `sentinels`: the name the Sentinels monitor the master under (`sentinel monitor <name> ...`)."""
+    wait_replicas: int = Field(default=1, ge=0, le=16)
+    """With `sentinels`: replicas that must confirm (WAIT) the leader lock's epoch and every queue write before it counts; 0: don't wait (a failover may then lose the newest writes)."""
+    wait_timeout: Duration = 0.5
+    """With `sentinels` and `wait_replicas` > 0: how long a write waits for its replicas before it fails as unavailable."""
 
     @field_validator("url")
     @classmethod
@@ -109,6 +117,14 @@ class RedisSection(Section):
             raise ValueError(f"{', '.join(tls)} need a rediss:// url (TLS), got {self.url!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.sentinels and not self.master_name.strip():
+            raise ValueError("sentinels needs master_name (the name the Sentinels monitor the master under)")
+        if self.master_name and not self.sentinels:
+            raise ValueError(f"master_name {self.master_name!r} needs sentinels (host:port of each Redis Sentinel)")
+        if self.sentinels and self.embedded:
+            raise ValueError("sentinels and embedded = true exclude each other (the embedded Redis has no replicas)")
+        if self.sentinels and self.url.startswith("unix://"):
+            raise ValueError("sentinels need a redis:// or rediss:// url (the master is reached over TCP)")
         return self
 
 

@@ -15,6 +15,12 @@ plus up to 100 ms of jitter so they don't stampede), so with the default 2 s TTL
 by default) costs no renewal; a longer one makes the leader stop acting, and it takes its own lock
 back (with a new epoch) as soon as it can renew, if nobody else took it meanwhile.
 
+With Sentinels (asynchronous replication) the acquisition counts only once `wait_replicas` replicas
+have confirmed it (`RedisConnection.durable`: WAIT on the same connection). Sentinel promotes a
+replica, so the promoted master holds every epoch a leader ever acted under, and the next INCR
+there is above all of them: the fencing epoch never goes backwards across a failover. An
+acquisition the replicas did not confirm is given back at once and tried again.
+
 Graceful shutdown resigns first (`resign`: stop competing, compare-and-delete the lock), so a
 standby takes over within its poll interval, before the draining node has finished its streams.
 """
@@ -31,7 +37,7 @@ from collections.abc import Callable
 import redis.exceptions
 
 from cynode.leader_record import epoch_key, info_key, lock_key
-from cynode.redis_conn import RedisConnection
+from cynode.redis_conn import NotReplicatedError, RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +147,28 @@ class LeaderElection:
                 log.warning("leader lock lost (epoch %d): another node holds it", self.epoch)
                 self._deadline = 0.0
             return
-        epoch = int(await self._acquire(keys=self._keys, args=[self._holder, int(self._ttl * 1000), self._node_id, self._address]))
+        epoch = await self._acquire_durably()
         if epoch:
             self.epoch = epoch
             self._deadline = started + self._ttl * 2 / 3
             if self._resigned:  # resign() ran while this acquire was on its way: give it back at once
                 await self.release()
+
+    async def _acquire_durably(self) -> int:
+        """The new epoch (0: someone else holds the lock); with `wait_replicas`, only once replicas hold it."""
+        args = [self._holder, int(self._ttl * 1000), self._node_id, self._address]
+        if not self._redis.wait_replicas:
+            return int(await self._acquire(keys=self._keys, args=args))
+        try:
+            reply, = await self._redis.durable(lambda pipe: (pipe.scripts.add(self._acquire),
+                                                             pipe.evalsha(self._acquire.sha, len(self._keys), *self._keys, *args)))
+        except NotReplicatedError as exc:
+            log.warning("leader lock not taken: %s; giving it back", exc)
+            await self._release(keys=[self._keys[0], self._keys[2]], args=[self._holder])
+            return 0
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
 
     async def _standby_pause(self) -> float:
         """Sleep until the lock should expire, but never longer than a sixth of the TTL or half a

@@ -170,7 +170,7 @@ class TaskQueue:
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._cancel = client.register_script(_CANCEL)
-        self._batch = ScriptBatcher(client)
+        self._batch = ScriptBatcher(client, redis)
 
     @property
     def serves_cache(self) -> bool:

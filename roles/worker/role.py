@@ -12,6 +12,7 @@ from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec, sim_spec
 from cynode.errors import ConfigError, CynodeError, StartupError
 from cynode.redis_conn import RedisConnection
+from cynode.redis_tls import open_redis
 from cynode.role import Role, RoleContext
 from cynode.rpc import worker_pb2_grpc
 from cynode.rpc.server import RpcServer
@@ -79,7 +80,7 @@ class WorkerRole(Role):
         if self._backend != "sim" and {"training", "inference"} & set(self._config.tags):
             cfg = self._ctx.config
             # A worker-only node opens its own connection: fine-tuning jobs and adapters live in Redis.
-            self._ft_redis = self._ctx.redis or RedisConnection(cfg.redis.url, cfg.cluster.name)
+            self._ft_redis = self._ctx.redis or open_redis(cfg.redis, cfg.cluster.name)
             if "inference" in self._config.tags:
                 self._tasks.spawn(self._follow_adapters_forever(), "published adapters")
             if "training" in self._config.tags:

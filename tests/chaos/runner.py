@@ -23,6 +23,7 @@ import itertools
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,14 @@ def next_host() -> str:
 
 class ChaosCluster:
     def __init__(self, workdir: Path, redis_url: str, models_dir: Path, *, name: str | None = None,
-                 redis_section: dict | None = None) -> None:
+                 redis_section: dict | None = None, redis_client: Callable[[], redis.Redis] | None = None,
+                 hosts: Callable[[], str] = next_host) -> None:
+        """`redis_client`: how the test itself reaches the cluster's Redis (default: `redis_url`),
+        e.g. through Sentinels that may have moved the master."""
         self.workdir = workdir
         self.redis_url = redis_url
+        self._redis_client = redis_client
+        self._hosts = hosts
         self.redis_section = redis_section or {}
         self.models_dir = models_dir
         self.name = name or f"chaos-{uuid.uuid4().hex[:8]}"
@@ -55,15 +61,16 @@ class ChaosCluster:
         self._seed: str | None = None
 
     # --- building the cluster -------------------------------------------------------------------
-    def node(self, name: str, roles: list[str], extra: dict | None = None) -> CynodeProcess:
+    def node(self, name: str, roles: list[str], extra: dict | None = None, *, host: str | None = None,
+             launcher: tuple[str, ...] = (), redis_url: str | None = None) -> CynodeProcess:
         config = {"node": {"id": name, "roles": roles, "drain_timeout": "5s"},
                   "cluster": {"name": self.name, "key_file": str(self.key_file),
                               "seeds": [self._seed] if self._seed else []},
                   "redis": dict(self.redis_section)}
         for section, values in (extra or {}).items():
             config.setdefault(section, {}).update(values)
-        process = CynodeProcess(self.workdir / name, host=next_host(), redis_url=self.redis_url,
-                                models_dir=self.models_dir, extra=config)
+        process = CynodeProcess(self.workdir / name, host=host or self._hosts(), redis_url=redis_url or self.redis_url,
+                                models_dir=self.models_dir, extra=config, launcher=launcher)
         if self._seed is None:
             self._seed = f"{process.host}:{process.ports['gossip']}"
         self.nodes[name] = process
@@ -77,12 +84,14 @@ class ChaosCluster:
             worker["sim"] = {"tokens_per_second": tokens_per_second, "answer_tokens": 400, "ttft": ttft}
         return self.node(name, ["worker"], {"worker": worker})
 
-    def coordinator(self, name: str, workers: list[CynodeProcess], *, gateway: bool = False, **coordinator) -> CynodeProcess:
+    def coordinator(self, name: str, workers: list[CynodeProcess], *, gateway: bool = False, placement: dict | None = None,
+                    **coordinator) -> CynodeProcess:
         """Coordinator with the default leader TTL (the point is to measure the defaults)."""
         static = [{"id": w.config_id, "host": w.host, "port": w.ports["worker"]} for w in workers]
         settings = {"workers": static, "health_check_interval": "500ms", "health_check_timeout": "500ms",
                     "max_retries": 1, **coordinator}
-        return self.node(name, ["coordinator", "gateway"] if gateway else ["coordinator"], {"coordinator": settings})
+        return self.node(name, ["coordinator", "gateway"] if gateway else ["coordinator"], {"coordinator": settings},
+                         **(placement or {}))
 
     def gateway(self, name: str) -> CynodeProcess:
         return self.node(name, ["gateway"])
@@ -137,6 +146,8 @@ class ChaosCluster:
 
     # --- what Redis says ------------------------------------------------------------------------
     def redis(self) -> redis.Redis:
+        if self._redis_client is not None:
+            return self._redis_client()
         return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
 
     def key(self, *parts: str) -> str:
