@@ -1,13 +1,10 @@
 """Chaos fixtures: a Redis of the test's own (faults restart it) and a cluster killed afterwards.
 
-Set CHAOS_OUT=<folder> to keep every scenario's records and verdict as JSON (the report reads them).
+Set CHAOS_OUT=<folder> to keep every scenario's records and verdict as JSON (`chaos_records.keep`;
+the report reads them).
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -27,11 +24,3 @@ def chaos(tmp_path, chaos_redis, models_dir):
     cluster = ChaosCluster(tmp_path / "cluster", chaos_redis.url, models_dir)
     yield cluster
     cluster.stop()
-
-
-def keep(name: str, data: dict) -> None:
-    """Write a scenario's figures to $CHAOS_OUT/<name>.json (for `make report`)."""
-    out = os.environ.get("CHAOS_OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 
-from conftest import keep
+from chaos_records import keep
 from daemon_harness import wait_for
 from scenarios import assert_invariants, references, run
 from verdict import Fault

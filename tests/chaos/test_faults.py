@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import keep
+from chaos_records import keep
 from daemon_harness import wait_for
 from redis_harness import RedisServer
 from runner import ChaosCluster

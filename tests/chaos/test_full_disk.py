@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from conftest import keep
+from chaos_records import keep
 from redis_harness import RedisServer
 from runner import ChaosCluster
 from scenarios import assert_invariants, references, run

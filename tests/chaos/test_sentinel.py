@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import keep
+from chaos_records import keep
 from cynode.config.sections import RedisSection
 from cynode.errors import UnavailableError
 from cynode.redis_tls import open_redis
