@@ -19,7 +19,7 @@ adapter is loaded next to them, under its own id, while the engine runs:
 
 An adapter counts against the worker's memory budget by its weights (`adapter_footprint`), on top
 of its base model's footprint. The adapter's manifest (sha256 of each file) is verified before it is
-loaded (`check_adapter`).
+loaded (`verify_published_adapter`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def adapter_rank(path: Path) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 0))
 
 
-def check_adapter(path: Path) -> None:
+def verify_published_adapter(path: Path) -> None:
     """Refuse a published adapter whose files do not match its manifest (EngineError); an adapter
     folder without a manifest (one made by hand, or by peft directly) is taken as it is."""
     from cynode.engines.training.output.manifest import MANIFEST, verify_manifest

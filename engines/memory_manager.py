@@ -47,7 +47,7 @@ from pathlib import Path
 
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
 from cynode.engines.base import InferenceEngine, ServesAdapters
-from cynode.engines.lora_serving import adapter_footprint, check_adapter
+from cynode.engines.lora_serving import adapter_footprint, verify_published_adapter
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
 
@@ -401,7 +401,7 @@ class MemoryManager:
                  capacity if capacity else "unknown", self._per_model or "none")
         return engine
 
-    async def _make_room(self, slot: _Slot, need: int) -> None:
+    async def _make_room(self, slot: _Slot, need: int, what: str | None = None) -> None:
         """Evict least recently used idle models until `need` more bytes fit next to what `slot`
         already holds (its adapters grow it). Holds the budget lock."""
         others = [s for s in self._all_slots() if s is not slot and s.footprint]
@@ -420,9 +420,11 @@ class MemoryManager:
             busy = [s for s in others if s not in victims]
             held = ", ".join(f"{s.spec.id} ({_size(s.footprint)}, "
                              f"{'loading' if s.loading else f'{s.in_use} request(s)'})" for s in busy) or "none"
-            raise EngineError(f"not enough memory to load model {slot.spec.id}: need {_size(need)}, budget "
-                              f"{_size(self.budget_bytes)}, in use by busy models: {held}",
-                              retryable=need <= self.budget_bytes)
+            what = what or f"model {slot.spec.id}"
+            own = f", {slot.spec.id} holds {_size(slot.footprint)}" if slot.footprint else ""
+            raise EngineError(f"not enough memory to load {what}: need {_size(need)}, budget "
+                              f"{_size(self.budget_bytes)}{own}, in use by busy models: {held}",
+                              retryable=need + slot.footprint <= self.budget_bytes)
         for victim in victims:
             log.info("evicting idle model %s (last used %.0f s ago) to load %s", victim.spec.id,
                      self._clock() - victim.last_used, slot.spec.id)
@@ -454,12 +456,13 @@ class MemoryManager:
             raise EngineError(f"model {spec.id}: its base model {slot.spec.id} runs on {engine.backend}, whose engine "
                               "here cannot serve LoRA adapters (for vLLM: set [worker.lora] vllm = true)")
         try:
-            await asyncio.to_thread(check_adapter, spec.path)
+            await asyncio.to_thread(verify_published_adapter, spec.path)
             need = int(await asyncio.to_thread(adapter_footprint, spec))
         except OSError as exc:
             raise EngineError(f"model {spec.id}: cannot read its files: {exc}") from exc
         async with self._budget_lock:
-            await self._make_room(slot, need - adapter.footprint)  # a new version replaces the old one
+            # A new version replaces the old one: only the difference is new.
+            await self._make_room(slot, need - adapter.footprint, what=f"adapter {spec.id} onto {slot.spec.id}")
             slot.footprint += need - adapter.footprint
             adapter.footprint = need
         try:
