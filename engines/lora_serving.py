@@ -17,8 +17,8 @@ adapter is loaded next to them, under its own id, while the engine runs:
 - vLLM: `LoRARequest`s, when the worker starts vLLM with LoRA (`[worker.lora] vllm = true`; rank up
   to `max_lora_rank`).
 
-An adapter counts against the worker's memory budget by its weights (`adapter_footprint`), on top
-of its base model's footprint. The adapter's manifest (sha256 of each file) is verified before it is
+An adapter counts against the worker's memory budget by its weights (`footprint.adapter_footprint`),
+on top of its base model's footprint. The adapter's manifest (sha256 of each file) is verified before it is
 loaded (`verify_published_adapter`).
 """
 
@@ -36,8 +36,6 @@ from cynode.engines.registry import ModelRegistry, ModelSpec
 log = logging.getLogger(__name__)
 
 ADAPTER_SOURCE = "adapter"
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-ADAPTER_OVERHEAD = 1 << 20  # PEFT's per-adapter bookkeeping and the layers' dropout/scaling entries
 
 
 def registry_with_adapters(base: ModelRegistry, adapters: dict[str, dict[str, Any]], *,
@@ -55,17 +53,6 @@ def registry_with_adapters(base: ModelRegistry, adapters: dict[str, dict[str, An
         specs.append(replace(base_spec, id=model_id, aliases=(), source_kind=ADAPTER_SOURCE, path=path,
                              tags=(*base_spec.tags, "adapter"), base=base_spec.id))
     return ModelRegistry(specs, source=base.source, builtin=False)
-
-
-def adapter_footprint(spec: ModelSpec) -> int:
-    """Bytes adapter `spec` adds to its base model's engine: its weight files, as stored.
-
-    PEFT keeps the adapter's A and B matrices in the dtype they were saved in (cynode trains in
-    float32), and vLLM copies them into its own LoRA slots; so the files' size is what one loaded
-    adapter holds, and a pessimistic figure for a bfloat16 engine.
-    """
-    files = [p for p in Path(spec.path).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
-    return sum(p.stat().st_size for p in files) + ADAPTER_OVERHEAD
 
 
 def adapter_rank(path: Path) -> int:

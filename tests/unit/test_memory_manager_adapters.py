@@ -12,8 +12,9 @@ import pytest
 from lora_testkit import make_adapter
 
 from cynode.engines.base import ChatMessage, GenerationRequest, SamplingParams
-from cynode.engines.lora_serving import adapter_footprint, registry_with_adapters
-from cynode.engines.memory_manager import MemoryManager, estimate_footprint
+from cynode.engines.lora_serving import registry_with_adapters
+from cynode.engines.footprint import adapter_footprint, estimate_footprint
+from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec
 from cynode.engines.sim_engine import SimEngine
 from cynode.engines.training.output.manifest import write_manifest
