@@ -419,7 +419,9 @@ class MemoryManager:
             adapter.footprint = need
         try:
             log.info("loading adapter %s into %s (about %s)", spec.id, slot.spec.id, _size(need))
+            started = time.monotonic()
             await engine.load_adapter(spec.id, spec.path)
+            log.info("adapter %s loaded in %.2f s", spec.id, time.monotonic() - started)
         except BaseException as exc:
             slot.footprint -= adapter.footprint
             adapter.footprint, adapter.loaded = 0, False
