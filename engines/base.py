@@ -14,13 +14,15 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from cynode.errors import RequestError
 from cynode.inference import ChatMessage, TokenLogprob, Usage
 from cynode.sampling import SamplingParams
 
 __all__ = ["ChatMessage", "EngineHealth", "GenerationRequest", "InferenceEngine", "ModelCard", "SamplingParams",
-           "TokenDelta", "Usage", "check_sampling"]
+           "ServesAdapters", "TokenDelta", "Usage", "check_sampling"]
 
 
 def check_sampling(s: SamplingParams) -> SamplingParams:
@@ -115,3 +117,16 @@ class InferenceEngine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Abort what runs and release memory and threads; safe to call twice."""
+
+
+@runtime_checkable
+class ServesAdapters(Protocol):
+    """An engine that serves LoRA adapters over its base model, each under its own model id, loaded
+    and replaced while it runs (no restart). The MemoryManager calls these; requests then name the
+    adapter's id as their `model`. Both must be safe while other requests generate."""
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Serve the PEFT adapter folder `path` as model id `name`; loading a name again replaces it."""
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving `name` and free its memory (the caller has let its requests finish)."""

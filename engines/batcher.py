@@ -25,6 +25,12 @@ lock) and hear back through each sequence's `sink`, which must not block: the en
 `loop.call_soon_threadsafe`. A cancelled sequence stops counting against the cap at once and leaves
 the batch before the next step, so an abort costs at most the step already running.
 
+LoRA adapters: each sequence may name one (`Sequence.adapter`); when the model is a PEFT model the
+forward gets `adapter_names`, one per row ("__base__" for none), so rows of different adapters and of
+the base model share one decode step (PEFT applies each adapter to its own rows only). Adapters are
+added and removed by jobs (`run_in_thread`) that the thread runs between two rounds, never during a
+forward.
+
 `trace`, when set to a list, receives ("prefill", request_id, tokens), ("decode", rows) and
 ("preempt", request_id) in the order the thread ran them (tests count interleaving with it).
 """
@@ -32,6 +38,7 @@ the batch before the next step, so an abort costs at most the step already runni
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 # ("tokens", [ids]) for each new token, then exactly one of ("end", None) or ("error", exception).
 # After `cancel`, at most the events of the step already running.
 Sink = Callable[[str, object], None]
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass(eq=False)
@@ -59,6 +67,7 @@ class Sequence:
     max_new: int  # the scheduler ends the sequence after this many tokens
     sampler: TokenSampler
     sink: Sink
+    adapter: str | None = None  # the LoRA adapter this sequence runs with (None: the base model)
     generated: list[int] = field(default_factory=list)
     # Set from any thread, read by the scheduler between steps: a plain flag is enough under the GIL.
     cancelled: bool = False
@@ -84,6 +93,7 @@ class ContinuousBatcher:
         self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per round (one chunk)
         self.kv_tokens = kv_tokens  # cap on cached tokens (padded); None: no cap
         self._cond = threading.Condition()
+        self._jobs: collections.deque[tuple[Callable[[], object], concurrent.futures.Future]] = collections.deque()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._admitted: list[Sequence] = []  # prefilling or running; the thread adds and removes
         self._prefilling: list[Sequence] = []  # admitted, prompt not fully in yet; thread only
@@ -110,6 +120,17 @@ class ContinuousBatcher:
                 raise RuntimeError("the scheduler is closed")
             self._waiting.append(seq)
             self._cond.notify()
+
+    def run_in_thread(self, job: Callable[[], object]) -> concurrent.futures.Future:
+        """Run `job` on the scheduler thread between two rounds (it may change `self.model`, e.g.
+        add an adapter); the future holds its result or its exception."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the scheduler is closed")
+            self._jobs.append((job, future))
+            self._cond.notify()
+        return future
 
     def cancel(self, seq: Sequence) -> None:
         """Stop `seq` (no more events reach its sink); unknown or finished sequences are ignored."""
@@ -139,7 +160,10 @@ class ContinuousBatcher:
             for seq in (*self._waiting, *self._admitted):
                 seq.cancelled = True
             self._waiting.clear()
+            jobs, self._jobs = list(self._jobs), collections.deque()
             self._cond.notify()
+        for _, future in jobs:
+            future.cancel()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -164,11 +188,19 @@ class ContinuousBatcher:
     def _next_round(self) -> bool:
         """Drop cancelled sequences, then admit waiting ones that fit; False when closing."""
         with self._cond:
-            while not (self._closing or self._waiting or self._running or self._prefilling):
+            while not (self._closing or self._jobs or self._waiting or self._running or self._prefilling):
                 self._cond.wait()
             if self._closing:
                 self._admitted.clear()
                 return False
+            jobs, self._jobs = list(self._jobs), collections.deque()
+        for job, future in jobs:
+            if future.set_running_or_notify_cancel():
+                try:
+                    with torch.inference_mode(False):  # new parameters must be ordinary tensors
+                        future.set_result(job())
+                except BaseException as exc:  # the job's caller hears of it; the batch goes on
+                    future.set_exception(exc)
         for row in reversed(range(len(self._running))):
             if self._running[row].cancelled:
                 self._leave(row)
@@ -214,7 +246,8 @@ class ContinuousBatcher:
             budget -= n
             try:
                 ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1,
+                                 **self._adapter_args([seq]))
                 seq.fed += n
                 if self.trace is not None:
                     self.trace.append(("prefill", seq.request_id, n))
@@ -255,7 +288,7 @@ class ContinuousBatcher:
             mask, positions = self._cache.step_inputs()
             ids = torch.tensor([[s.generated[-1]] for s in rows], dtype=torch.long, device=self.device)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=self._cache, use_cache=True)
+                             past_key_values=self._cache, use_cache=True, **self._adapter_args(rows))
             self._cache.advance()
         except Exception as exc:
             log.exception("decode step of %s failed with %d sequences", self.name, len(rows))
@@ -280,6 +313,12 @@ class ContinuousBatcher:
                 done.append(row)
         for row in reversed(done):
             self._leave(row)
+
+    def _adapter_args(self, rows: list[Sequence]) -> dict:
+        """`adapter_names` for a PEFT model (each row's adapter, or the base); nothing for a plain one."""
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [s.adapter or BASE_ADAPTER for s in rows]}
 
     def _emit(self, seq: Sequence, token: int) -> bool:
         """Stream one token; True when it ended the sequence (which then has left the batch's count)."""

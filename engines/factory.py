@@ -36,7 +36,8 @@ def _model_dir(spec: ModelSpec, models_dir: Path) -> Path:
 
 def _transformers(device: str) -> Callable[..., InferenceEngine]:
     def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
-               sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+               sim: Mapping[str, Any], memory_budget: int | None = None,
+               lora: Mapping[str, Any] | None = None) -> InferenceEngine:
         if device == "cuda" and not probe.cuda():
             raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; "
                               "torch.cuda.is_available() is False here")
@@ -58,7 +59,8 @@ def _transformers(device: str) -> Callable[..., InferenceEngine]:
 
 def _embedding(device: str) -> Callable[..., InferenceEngine]:
     def create(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
-               sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+               sim: Mapping[str, Any], memory_budget: int | None = None,
+               lora: Mapping[str, Any] | None = None) -> InferenceEngine:
         try:
             from cynode.engines.embedding_engine import EmbeddingEngine
         except ImportError as exc:
@@ -71,7 +73,8 @@ def _embedding(device: str) -> Callable[..., InferenceEngine]:
 
 
 def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
-         sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+         sim: Mapping[str, Any], memory_budget: int | None = None,
+         lora: Mapping[str, Any] | None = None) -> InferenceEngine:
     from cynode.engines.admission import DEFAULT_CONCURRENCY
     from cynode.engines.sim_engine import SimEngine
 
@@ -81,7 +84,8 @@ def _sim(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: in
 
 
 def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
-          sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+          sim: Mapping[str, Any], memory_budget: int | None = None,
+          lora: Mapping[str, Any] | None = None) -> InferenceEngine:
     # Checked before a model is converted (about 20 s), so a missing piece fails fast.
     if backend == "cuda-vllm" and not probe.cuda():
         raise EngineError(f"backend {backend!r} needs an NVIDIA GPU with CUDA; torch.cuda.is_available() is False here")
@@ -89,29 +93,34 @@ def _vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: i
         from cynode.engines.vllm_params import missing_vllm_message
 
         raise EngineError(missing_vllm_message(backend))
-    return _vllm_engine(backend, spec, models_dir, max_concurrency)
+    return _vllm_engine(backend, spec, models_dir, max_concurrency, lora)
 
 
-def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrency: int | None) -> InferenceEngine:
-    """The same engine on every platform: the installed vLLM (or its Ascend plugin) picks the device."""
+def _vllm_engine(backend: str, spec: ModelSpec, models_dir: Path, max_concurrency: int | None,
+                 lora: Mapping[str, Any] | None) -> InferenceEngine:
+    """The same engine on every platform: the installed vLLM (or its Ascend plugin) picks the device.
+    With `lora` (`[worker.lora]`) saying `vllm`, vLLM starts with LoRA and hot-loads adapters."""
     from cynode.engines.vllm_engine import VllmEngine
 
     cpu = backend == "cpu-vllm"
     dtype = spec.dtype if spec.dtype != "auto" else ("float32" if cpu else "auto")
+    lora = lora or {}
     return VllmEngine(_model_dir(spec, models_dir), spec.id, aliases=spec.aliases, backend=backend,
                       max_concurrency=max_concurrency, dtype=dtype, kv_cache_gib=2 if cpu else None,
-                      max_model_len=spec.context_length)
+                      max_model_len=spec.context_length, enable_lora=bool(lora.get("vllm")),
+                      max_loras=int(lora.get("max_loras", 1)), max_lora_rank=int(lora.get("max_lora_rank", 16)))
 
 
 def _ascend_vllm(backend: str, *, spec: ModelSpec, models_dir: Path, max_concurrency: int | None, probe: Probe,
-                 sim: Mapping[str, Any], memory_budget: int | None = None) -> InferenceEngine:
+                 sim: Mapping[str, Any], memory_budget: int | None = None,
+                 lora: Mapping[str, Any] | None = None) -> InferenceEngine:
     missing = [name for name, module in (("torch-npu", "torch_npu"), ("vllm-ascend", "vllm_ascend"), ("vllm", "vllm"))
                if importlib.util.find_spec(module) is None]
     if missing or not probe.npu():
         what = f"{', '.join(missing)} not installed" if missing else "no Ascend NPU visible (torch.npu.is_available() is False)"
         raise EngineError(f"backend {backend!r} needs an Ascend NPU with CANN, torch-npu, vllm and the vllm-ascend "
                           f"plugin; here: {what}")
-    return _vllm_engine(backend, spec, models_dir, max_concurrency)  # not yet verified on NPU hardware
+    return _vllm_engine(backend, spec, models_dir, max_concurrency, lora)  # not yet verified on NPU hardware
 
 
 def _not_yet(backend: str, **_: Any) -> InferenceEngine:
@@ -154,13 +163,14 @@ def backend_for(worker_backend: str, spec: ModelSpec, *, probe: Probe | None = N
 
 def create_engine(backend: str, *, models_dir: Path, max_concurrency: int | None = None, probe: Probe | None = None,
                   sim: Mapping[str, Any] | None = None, spec: ModelSpec | None = None,
-                  memory_budget: int | None = None) -> InferenceEngine:
+                  memory_budget: int | None = None, lora: Mapping[str, Any] | None = None) -> InferenceEngine:
     """An engine (not yet started) serving `spec` (default: the built-in model, or "sim" on the sim
     backend) on `backend`, the
     worker's backend (`[worker] backend`), adjusted by `backend_for` to the model's engine.
 
     `max_concurrency` is an optional ceiling on the engine's own capacity; `memory_budget` the bytes
-    a transformers engine may give its KV cache (default: a share of the device's free memory).
+    a transformers engine may give its KV cache (default: a share of the device's free memory);
+    `lora` the `[worker.lora]` settings (whether vLLM starts with LoRA, and its limits).
     Converting a GGUF model can take ~20 s on first use; call this off the event loop.
     """
     from cynode.engines.registry import builtin_spec, sim_spec
@@ -169,4 +179,4 @@ def create_engine(backend: str, *, models_dir: Path, max_concurrency: int | None
     spec = spec or (sim_spec() if select_backend(backend, probe=probe) == "sim" else builtin_spec())
     chosen = backend_for(backend, spec, probe=probe)
     return _ENGINES[chosen](chosen, spec=spec, models_dir=Path(models_dir), max_concurrency=max_concurrency,
-                            probe=probe, sim=sim or {}, memory_budget=memory_budget)
+                            probe=probe, sim=sim or {}, memory_budget=memory_budget, lora=lora)

@@ -3,22 +3,30 @@
 A training worker publishes each adapter version under `<training_dir>/adapters/<model id>/<n>/`
 and records it in Redis (`cynode.training_store`). A serving worker reads that record and adds one
 registry entry per adapter whose base model it serves (`registry_with_adapters`): the entry's id is
-the adapter's model id (`<base>:ft-<suffix>-<job>`), its `path` the version folder, so the
-registry's version of it (the prompt-cache key's model version) changes with every new version and
-the cache never answers a new version with an old one's text. The MemoryManager then loads it on
-first use like any model, next to the base model and to other adapters:
+the adapter's model id (`<base>:ft-<suffix>-<job>`), its `source_kind` "adapter", its `path` the
+version folder and its `base` the base model's id. The registry's version of it (the prompt-cache
+key's model version) changes with every new version, so the cache never answers a new version with
+an old one's text.
 
-- transformers: `AdapterEngine`, the base weights with the PEFT adapter folded in (its own batcher,
-  so base and adapters answer side by side);
-- other engines: not yet (the entry is skipped, and the log says why).
+The MemoryManager serves such an entry from its base model's engine, which must be a
+`ServesAdapters` engine (engines/base.py): the base model's weights are loaded once, and every
+adapter is loaded next to them, under its own id, while the engine runs:
 
-The adapter's manifest (sha256 of each file) is verified before it is loaded.
+- transformers: PEFT adapters on the one base model; each request picks its adapter (or none) per
+  row of the running batch (`transformers_engine.py`);
+- vLLM: `LoRARequest`s, when the worker starts vLLM with LoRA (`[worker.lora] vllm = true`; rank up
+  to `max_lora_rank`).
+
+An adapter counts against the worker's memory budget by its weights (`footprint.adapter_footprint`),
+on top of its base model's footprint. The adapter's manifest (sha256 of each file) is verified before it is
+loaded (`verify_published_adapter`).
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,65 +38,39 @@ log = logging.getLogger(__name__)
 ADAPTER_SOURCE = "adapter"
 
 
-def registry_with_adapters(base: ModelRegistry, adapters: dict[str, dict[str, Any]]
-                           ) -> tuple[ModelRegistry, dict[str, ModelSpec]]:
-    """`base` plus one entry per servable adapter, and each adapter id's base spec."""
+def registry_with_adapters(base: ModelRegistry, adapters: dict[str, dict[str, Any]], *,
+                           servable: Callable[[ModelSpec], bool] = lambda spec: True) -> ModelRegistry:
+    """`base` plus one entry per adapter whose base model is in `base` and `servable` here."""
     specs = list(base.specs)
-    bases: dict[str, ModelSpec] = {}
     for model_id, record in sorted(adapters.items()):
         base_spec = base.resolve(record.get("base", ""))
         path = Path(record.get("path", ""))
         if base_spec is None or model_id in base or not path.is_dir():
             continue
-        if base_spec.engine != "transformers":
-            log.debug("adapter %s: base %s runs on %s, which cannot hot-load adapters here yet", model_id,
-                      base_spec.id, base_spec.engine)
+        if not servable(base_spec):
+            log.debug("adapter %s: base %s runs on an engine that cannot load adapters here", model_id, base_spec.id)
             continue
         specs.append(replace(base_spec, id=model_id, aliases=(), source_kind=ADAPTER_SOURCE, path=path,
-                             tags=(*base_spec.tags, "adapter")))
-        bases[model_id] = base_spec
-    return ModelRegistry(specs, source=base.source, builtin=False), bases
+                             tags=(*base_spec.tags, "adapter"), base=base_spec.id))
+    return ModelRegistry(specs, source=base.source, builtin=False)
 
 
-def adapter_engine(spec: ModelSpec, base_dir: Path, *, backend: str, max_concurrency: int | None):
-    """The engine serving adapter `spec` on top of the base model folder `base_dir`."""
-    device = "cuda" if backend.startswith("cuda") else "npu" if backend.startswith("ascend") else "cpu"
-    dtype = "float32" if spec.dtype == "auto" else spec.dtype
-    return AdapterEngine(base_dir, spec.path, spec.id, backend=backend, device=device, dtype=dtype,
-                         max_concurrency=max_concurrency)
+def adapter_rank(path: Path) -> int:
+    """The LoRA rank in `path/adapter_config.json`; ValueError/OSError when it is not readable."""
+    return int(json.loads((Path(path) / "adapter_config.json").read_text()).get("r", 0))
 
 
-@functools.cache
-def _engine_class():
-    from cynode.engines.transformers_engine import TransformersEngine
+def verify_published_adapter(path: Path) -> None:
+    """Refuse a published adapter whose files do not match its manifest (EngineError); an adapter
+    folder without a manifest (one made by hand, or by peft directly) is taken as it is."""
+    from cynode.engines.training.output.manifest import MANIFEST, verify_manifest
+    from cynode.errors import CynodeError, EngineError
 
-    class _AdapterEngine(TransformersEngine):
-        """The base model with one PEFT LoRA adapter folded into its weights, served as its own model."""
-
-        def __init__(self, base_dir: Path, adapter_dir: Path, model_id: str, **kwargs: Any) -> None:
-            super().__init__(base_dir, model_id, **kwargs)
-            self.adapter_dir = Path(adapter_dir)
-
-        def _load(self) -> None:
-            from peft import PeftModel
-
-            from cynode.engines.training.output.manifest import verify_manifest
-            from cynode.errors import CynodeError, EngineError
-
-            try:
-                verify_manifest(self.adapter_dir)
-            except CynodeError as exc:
-                raise EngineError(f"adapter {self.model_id}: {exc.message}") from exc
-            super()._load()
-            try:
-                model = PeftModel.from_pretrained(self._model, str(self.adapter_dir), is_trainable=False)
-                self._model = model.merge_and_unload().eval()
-            except Exception as exc:
-                self._model = None
-                raise EngineError(f"adapter {self.model_id}: loading {self.adapter_dir} failed: {exc}") from exc
-
-    return _AdapterEngine
-
-
-def AdapterEngine(*args: Any, **kwargs: Any):  # noqa: N802  (a class built on first use: torch loads lazily)
-    return _engine_class()(*args, **kwargs)
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise EngineError(f"{path} is not a PEFT LoRA adapter folder (no adapter_config.json)")
+    if (path / MANIFEST).is_file():
+        try:
+            verify_manifest(path)
+        except CynodeError as exc:
+            raise EngineError(exc.message) from exc

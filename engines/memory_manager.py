@@ -22,6 +22,12 @@ Rules, in the order a request meets them:
   the registry, or whose source changed, stops taking new requests and is unloaded once its last
   user leaves (or by the next `reap_idle`, for one that was already idle).
 - `reap_idle` unloads models nobody used for `idle_unload` seconds; the worker calls it periodically.
+- A LoRA adapter entry (`spec.base` set, engines/lora_serving.py) is no engine of its own: its
+  requests queue at its base model's gate (they share its batch), the base model is loaded as for
+  any request, and the adapter is loaded into the base's engine (`ServesAdapters`) on first use,
+  single-flight, its footprint (`adapter_footprint`) reserved on top of the base's in the same
+  budget. Evicting the base model unloads its adapters with it; an adapter that leaves the registry
+  is unloaded from the engine once idle, and a new version (new path) replaces the old on next use.
 
 Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
 that" and the evictions themselves, so two loads never both count on the same freed memory. Model
@@ -32,65 +38,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
-from cynode.engines.base import InferenceEngine
+from cynode.engines.base import InferenceEngine, ServesAdapters
+from cynode.engines.footprint import adapter_footprint, estimate_footprint
+from cynode.engines.lora_serving import verify_published_adapter
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
 
 log = logging.getLogger(__name__)
 
-# Beyond the weights: activations, the KV cache of a modest batch, the tokenizer, allocator slack.
-# A guess on the safe side for the small models a CPU worker serves; pass your own `footprint` to tune.
-FIXED_OVERHEAD = 256 * 2**20
-# The built-in SmolLM2-135M-Instruct has about 134.5 M parameters; its folder may not exist before
-# its first load (it is converted then), so its size is known, not measured.
-BUILTIN_PARAMS = 134_515_008
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8, "int8": 1}
-# Bytes per parameter of common GGUF quantisations, read from the file name ("...Q4_K_M.gguf").
-# An unknown name is taken as 4-bit, the most common and, by assuming the most parameters per byte,
-# the largest estimate.
-_GGUF_BYTES = (("q2", 0.33), ("q3", 0.43), ("q4", 0.56), ("q5", 0.69), ("q6", 0.82), ("q8", 1.06),
-               ("bf16", 2.0), ("f16", 2.0), ("f32", 4.0))
+@dataclass(eq=False)
+class _Adapter:
+    """One adapter in its base model's engine."""
 
-
-def estimate_footprint(spec: ModelSpec) -> int:
-    """Bytes the model will take once loaded: weights as loaded, plus FIXED_OVERHEAD.
-
-    Weights as loaded = parameters × bytes per parameter of the load dtype, where parameters =
-    total size of the weight files / bytes per parameter of the stored dtype (config.json's
-    `dtype`/`torch_dtype` for a folder, the quantisation in the file name for a GGUF, which
-    transformers dequantises on load). The load dtype "auto" counts as float32, what the
-    transformers engine uses on CPU. The `sim` engine holds no weights and counts 0.
-    """
-    if spec.engine == "sim":
-        return 0
-    load_bytes = _DTYPE_BYTES.get(spec.dtype, 4)
-    if spec.source_kind == "builtin" or spec.path is None:
-        return int(BUILTIN_PARAMS * load_bytes) + FIXED_OVERHEAD
-    if spec.source_kind == "gguf":
-        name = spec.path.name.lower()
-        stored = next((b for tag, b in _GGUF_BYTES if tag in name), 0.56)
-        size = spec.path.stat().st_size if spec.path.is_file() else 0
-        return int(size / stored * load_bytes) + FIXED_OVERHEAD
-    size = sum(p.stat().st_size for p in spec.path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    return int(size / _stored_bytes(spec.path) * load_bytes) + FIXED_OVERHEAD
-
-
-def _stored_bytes(folder: Path) -> int:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return 4
-    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
+    spec: ModelSpec
+    footprint: int = 0  # counted in the base slot's footprint too
+    loaded: bool = False
+    loading: asyncio.Task | None = None
+    in_use: int = 0
+    retired: bool = False  # left the registry: unload once idle
 
 
 @dataclass(eq=False)
@@ -107,6 +78,7 @@ class _Slot:
     last_used: float = 0.0
     retired: bool = False  # gone from the registry (or changed): unload once idle
     fingerprint: list = field(default_factory=list)
+    adapters: dict[str, _Adapter] = field(default_factory=dict)  # by adapter id; their users count in in_use
 
 
 class MemoryManager:
@@ -151,7 +123,7 @@ class MemoryManager:
         loaded (retryable when busy models hold the memory it needs).
         """
         while True:
-            slot = self._slot(name)
+            slot, spec = self._slot_of(name)
             slot.waiting += 1
             try:
                 await slot.gate.acquire()
@@ -161,30 +133,48 @@ class MemoryManager:
                 break
             slot.gate.release()  # the registry changed while we queued: queue for the new model
         slot.in_use += 1
+        adapter = None
         try:
             engine = await self._ensure_loaded(slot)
-            yield engine, slot.spec
+            if spec.base is not None:
+                adapter = await self._ensure_adapter(slot, spec)
+                adapter.in_use += 1
+            yield engine, spec
         finally:
             slot.in_use -= 1
             slot.last_used = self._clock()
             slot.gate.release()
+            if adapter is not None:
+                adapter.in_use -= 1
+                if adapter.retired and adapter.in_use == 0:
+                    await self._unload_adapter(slot, adapter)
             if slot.retired and slot.in_use == 0 and slot.engine is not None:
                 async with self._budget_lock:
                     await self._unload_slot(slot)
 
     async def load(self, name: str) -> None:
         """Load `name` now (no-op when loaded), e.g. to warm a model up before traffic arrives."""
-        slot = self._slot(name)
+        slot, spec = self._slot_of(name)
         slot.in_use += 1  # protects it from eviction while loading, as a user would
         try:
             await self._ensure_loaded(slot)
+            if spec.base is not None:
+                await self._ensure_adapter(slot, spec)
         finally:
             slot.in_use -= 1
             slot.last_used = self._clock()
 
     async def unload(self, name: str) -> None:
         """Unload `name` now; an EngineError (retryable) if requests are using it."""
-        slot = self._slot(name)
+        slot, spec = self._slot_of(name)
+        if spec.base is not None:
+            adapter = slot.adapters.get(spec.id)
+            if adapter is not None and adapter.in_use:
+                raise EngineError(f"model {spec.id} is in use by {adapter.in_use} request(s); unload it once they end",
+                                  retryable=True)
+            if adapter is not None:
+                await self._unload_adapter(slot, adapter)
+            return
         if slot.loading is not None:
             with contextlib.suppress(CynodeError):
                 await asyncio.shield(slot.loading)
@@ -205,23 +195,39 @@ class MemoryManager:
 
     def loaded(self) -> list[str]:
         """Ids of the models loaded now (a model retiring after a registry change included)."""
-        return sorted({s.spec.id for s in self._all_slots() if s.engine is not None})
+        return sorted({*(s.spec.id for s in self._all_slots() if s.engine is not None),
+                       *(a.spec.id for s in self._all_slots() if s.engine is not None
+                         for a in s.adapters.values() if a.loaded)})
 
     def status(self) -> list[dict]:
         """One entry per registry model (and per retiring one): what gossip and /metrics report."""
         out = []
         for spec in self._registry.specs:
+            if spec.base is not None:
+                out.append(self._describe_adapter(spec))
+                continue
             slot = self._slots.get(spec.id)
             out.append(self._describe(spec, slot))
         out.extend({**self._describe(s.spec, s), "retiring": True} for s in self._retiring)
         return out
 
     def _describe(self, spec: ModelSpec, slot: _Slot | None) -> dict:
+        # The base's own users: its adapters' users are reported under the adapters' ids.
+        in_use = slot.in_use - sum(a.in_use for a in slot.adapters.values()) if slot else 0
         return {"id": spec.id, "loaded": bool(slot and slot.engine), "loading": bool(slot and slot.loading),
-                "in_use": slot.in_use if slot else 0, "waiting": slot.waiting if slot else 0,
+                "in_use": in_use, "waiting": slot.waiting if slot else 0,
                 "last_used": slot.last_used if slot and slot.last_used else None,
                 "footprint": slot.footprint if slot and (slot.engine or slot.loading) else None,
                 "retiring": False}
+
+    def _describe_adapter(self, spec: ModelSpec) -> dict:
+        slot = self._slots.get(spec.base)
+        adapter = slot.adapters.get(spec.id) if slot else None
+        loaded = bool(adapter and adapter.loaded and slot.engine is not None)
+        return {"id": spec.id, "loaded": loaded, "loading": bool(adapter and adapter.loading),
+                "in_use": adapter.in_use if adapter else 0, "waiting": 0,
+                "last_used": slot.last_used if loaded and slot.last_used else None,
+                "footprint": adapter.footprint if loaded else None, "retiring": False, "base": spec.base}
 
     # registry changes and idle models ------------------------------------------------------------
 
@@ -239,6 +245,10 @@ class MemoryManager:
                 self._retiring.append(slot)
             log.info("model %s %s the registry; unloading it once idle", model_id,
                      "changed in" if new is not None else "left")
+        for slot in self._slots.values():
+            for adapter in slot.adapters.values():
+                new = registry.resolve(adapter.spec.id)
+                adapter.retired = new is None or new.base != slot.spec.id
 
     async def reap_idle(self) -> list[str]:
         """Unload models idle for longer than `idle_unload`, and idle retiring ones; return their ids."""
@@ -246,6 +256,9 @@ class MemoryManager:
         reaped = []
         async with self._budget_lock:
             for slot in list(self._all_slots()):
+                for adapter in [a for a in slot.adapters.values() if a.retired and not a.in_use and not a.loading]:
+                    await self._unload_adapter(slot, adapter)
+                    reaped.append(adapter.spec.id)
                 if slot.engine is None or slot.in_use or slot.loading is not None:
                     continue
                 expired = self._idle_unload is not None and now - slot.last_used >= self._idle_unload
@@ -273,18 +286,20 @@ class MemoryManager:
     def _all_slots(self) -> list[_Slot]:
         return [*self._slots.values(), *self._retiring]
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot_of(self, name: str) -> tuple[_Slot, ModelSpec]:
+        """The slot serving `name` (for an adapter, its base model's) and `name`'s own spec."""
         if self._closed:
             raise EngineError("the memory manager is closed (the worker is shutting down)", retryable=True)
         spec = self._registry.resolve(name)
-        if spec is None:
+        base = self._registry.resolve(spec.base) if spec is not None and spec.base is not None else spec
+        if spec is None or base is None or base.base is not None:
             known = ", ".join(s.id for s in self._registry.specs)
             raise RequestError(f"model {name!r} does not exist on this worker (it serves: {known})",
                                status=404, code="model_not_found", param="model")
-        slot = self._slots.get(spec.id)
+        slot = self._slots.get(base.id)
         if slot is None:
-            slot = self._slots[spec.id] = _Slot(spec, AdmissionGate(self._per_model or DEFAULT_CONCURRENCY))
-        return slot
+            slot = self._slots[base.id] = _Slot(base, AdmissionGate(self._per_model or DEFAULT_CONCURRENCY))
+        return slot, spec
 
     async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
         if slot.engine is not None:
@@ -338,10 +353,11 @@ class MemoryManager:
                  capacity if capacity else "unknown", self._per_model or "none")
         return engine
 
-    async def _make_room(self, slot: _Slot, need: int) -> None:
-        """Evict least recently used idle models until `need` more bytes fit. Holds the budget lock."""
+    async def _make_room(self, slot: _Slot, need: int, what: str | None = None) -> None:
+        """Evict least recently used idle models until `need` more bytes fit next to what `slot`
+        already holds (its adapters grow it). Holds the budget lock."""
         others = [s for s in self._all_slots() if s is not slot and s.footprint]
-        free = self.budget_bytes - sum(s.footprint for s in others)
+        free = self.budget_bytes - sum(s.footprint for s in others) - slot.footprint
         if need <= free:
             return
         idle = sorted((s for s in others if s.engine is not None and s.in_use == 0 and s.loading is None),
@@ -356,16 +372,82 @@ class MemoryManager:
             busy = [s for s in others if s not in victims]
             held = ", ".join(f"{s.spec.id} ({_size(s.footprint)}, "
                              f"{'loading' if s.loading else f'{s.in_use} request(s)'})" for s in busy) or "none"
-            raise EngineError(f"not enough memory to load model {slot.spec.id}: need {_size(need)}, budget "
-                              f"{_size(self.budget_bytes)}, in use by busy models: {held}",
-                              retryable=need <= self.budget_bytes)
+            what = what or f"model {slot.spec.id}"
+            own = f", {slot.spec.id} holds {_size(slot.footprint)}" if slot.footprint else ""
+            raise EngineError(f"not enough memory to load {what}: need {_size(need)}, budget "
+                              f"{_size(self.budget_bytes)}{own}, in use by busy models: {held}",
+                              retryable=need + slot.footprint <= self.budget_bytes)
         for victim in victims:
             log.info("evicting idle model %s (last used %.0f s ago) to load %s", victim.spec.id,
                      self._clock() - victim.last_used, slot.spec.id)
             await self._unload_slot(victim)
 
+    async def _ensure_adapter(self, slot: _Slot, spec: ModelSpec) -> _Adapter:
+        """Adapter `spec` loaded (at its current path) in `slot`'s engine; single-flight, shielded."""
+        while True:
+            adapter = slot.adapters.get(spec.id)
+            if adapter is None:
+                adapter = slot.adapters[spec.id] = _Adapter(spec)
+            if adapter.loaded and adapter.spec.path == spec.path:
+                adapter.retired = False
+                return adapter
+            if adapter.loading is None:
+                adapter.loading = asyncio.create_task(self._load_adapter(slot, adapter, spec),
+                                                      name=f"load-adapter-{spec.id}")
+                adapter.loading.add_done_callback(lambda task, a=adapter: self._adapter_done(a, task))
+            await asyncio.shield(adapter.loading)
+
+    def _adapter_done(self, adapter: _Adapter, task: asyncio.Task) -> None:
+        adapter.loading = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("loading adapter %s failed: %s", adapter.spec.id, task.exception())
+
+    async def _load_adapter(self, slot: _Slot, adapter: _Adapter, spec: ModelSpec) -> None:
+        engine = slot.engine
+        if not isinstance(engine, ServesAdapters):
+            raise EngineError(f"model {spec.id}: its base model {slot.spec.id} runs on {engine.backend}, whose engine "
+                              "here cannot serve LoRA adapters (for vLLM: set [worker.lora] vllm = true)")
+        try:
+            await asyncio.to_thread(verify_published_adapter, spec.path)
+            need = int(await asyncio.to_thread(adapter_footprint, spec))
+        except OSError as exc:
+            raise EngineError(f"model {spec.id}: cannot read its files: {exc}") from exc
+        async with self._budget_lock:
+            # A new version replaces the old one: only the difference is new.
+            await self._make_room(slot, need - adapter.footprint, what=f"adapter {spec.id} onto {slot.spec.id}")
+            slot.footprint += need - adapter.footprint
+            adapter.footprint = need
+        try:
+            log.info("loading adapter %s into %s (about %s)", spec.id, slot.spec.id, _size(need))
+            started = time.monotonic()
+            await engine.load_adapter(spec.id, spec.path)
+            log.info("adapter %s loaded in %.2f s", spec.id, time.monotonic() - started)
+        except BaseException as exc:
+            slot.footprint -= adapter.footprint
+            adapter.footprint, adapter.loaded = 0, False
+            slot.adapters.pop(spec.id, None)
+            with contextlib.suppress(Exception):
+                await engine.unload_adapter(spec.id)
+            if isinstance(exc, CynodeError) or not isinstance(exc, Exception):
+                raise
+            raise EngineError(f"model {spec.id}: loading the adapter failed: {exc}") from exc
+        adapter.spec, adapter.loaded, adapter.retired = spec, True, False
+
+    async def _unload_adapter(self, slot: _Slot, adapter: _Adapter) -> None:
+        if slot.adapters.get(adapter.spec.id) is not adapter:
+            return
+        del slot.adapters[adapter.spec.id]
+        slot.footprint -= adapter.footprint
+        if adapter.loaded and slot.engine is not None:
+            try:
+                await slot.engine.unload_adapter(adapter.spec.id)
+            except CynodeError as exc:
+                log.warning("unloading adapter %s: %s", adapter.spec.id, exc.message)
+        log.info("adapter %s unloaded from %s", adapter.spec.id, slot.spec.id)
+
     async def _unload_slot(self, slot: _Slot) -> None:
         engine, slot.engine = slot.engine, None  # new users start a fresh load rather than use a closing engine
+        slot.adapters.clear()  # they go with the engine
         try:
             if engine is not None:
                 await engine.close()

@@ -35,7 +35,7 @@ from cynode.errors import ConfigError, EngineError
 from cynode.sampling import RULES, SamplingParams, check_stop, check_value
 
 ENGINES = ("transformers", "vllm", "sim", "embedding")  # "embedding": a sentence-transformers folder
-SOURCE_KINDS = ("builtin", "folder", "gguf", "none")
+SOURCE_KINDS = ("builtin", "folder", "gguf", "none", "adapter")
 # "auto": the backend's own default (float32 on CPU for transformers, the checkpoint's dtype for vLLM).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FIELDS = ("id", "aliases", "source", "engine", "backend", "dtype", "context_length", "tags", "default_sampling")
@@ -45,7 +45,7 @@ class ModelSpec:
 
     id: str
     aliases: tuple[str, ...] = ()
-    source_kind: str = "builtin"  # "builtin" | "folder" | "gguf"
+    source_kind: str = "builtin"  # "builtin" | "folder" | "gguf" | "none" | "adapter"
     path: Path | None = None  # the folder or the .gguf file; None for the built-in (the worker converts it)
     engine: str = "transformers"  # "transformers" | "vllm" | "sim"
     backend: str | None = None  # an explicit backend name, overriding the worker's `[worker] backend`
@@ -53,6 +53,9 @@ class ModelSpec:
     context_length: int | None = None  # None: what the model's config says
     tags: tuple[str, ...] = ()
     default_sampling: SamplingParams = field(default_factory=SamplingParams, hash=False)
+    # A fine-tuned LoRA adapter (source_kind "adapter", `path` its folder) names the base model it
+    # runs on; the MemoryManager serves it from that model's engine. None for every other model.
+    base: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -13,6 +13,12 @@ token ids into the `TokenDelta` stream of the engine interface. The work is done
 - `chat_prompt`: the chat template's arguments, tools included;
 - `guided.GrammarCache`: a guided request's grammar matcher (structured output, forced tool calls).
 
+LoRA adapters (`load_adapter`, the `ServesAdapters` capability): the one base model becomes a PEFT
+model holding every adapter under its model id, loaded while requests run (between two batcher
+rounds); a request naming an adapter runs with it, one naming the base model without any, and
+both kinds share the running batch (`adapter_names` per row). Each adapter adds only its own A/B
+matrices to memory, never a copy of the base weights.
+
 Tokens cross from the scheduler thread to the stream with `loop.call_soon_threadsafe`; nothing here
 blocks the event loop. The same code serves `cpu`, `cuda` and `npu` (Ascend, through torch_npu).
 """
@@ -94,6 +100,7 @@ class TransformersEngine(InferenceEngine):
         self._encode_lock = threading.Lock()
         self._batcher: ContinuousBatcher | None = None
         self._streams: dict[str, list[_Stream]] = {}
+        self._adapters: dict[str, Path] = {}  # adapter model id -> its folder, once loaded
         self._closed = False
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -182,7 +189,60 @@ class TransformersEngine(InferenceEngine):
             except (OSError, ValueError):
                 context = 0
         return [ModelCard(id=self.model_id, backend=self.backend, context_length=context,
-                          aliases=self.aliases, loaded=self._model is not None)]
+                          aliases=self.aliases, loaded=self._model is not None),
+                *(ModelCard(id=name, backend=self.backend, context_length=context) for name in self._adapters)]
+
+    # LoRA adapters -----------------------------------------------------------------------------
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Serve the PEFT LoRA adapter in `path` as model id `name` next to the base model (no
+        restart, no copy of the base weights); loading a name again replaces its weights."""
+        if name in self._names:
+            raise RequestError(f"adapter name {name!r} is the base model's name; pick another", param="name")
+        self._check_running()
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise RequestError(f"{path} is not a PEFT LoRA adapter folder (no adapter_config.json)", param="path")
+        future = self._batcher.run_in_thread(lambda: self._add_adapter(name, path))
+        try:
+            await asyncio.wrap_future(future)
+        except Exception as exc:
+            self._adapters.pop(name, None)
+            raise EngineError(f"adapter {name!r}: loading {path} onto {self.model_id} failed: {exc}") from exc
+        self._adapters[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving adapter `name` and free its weights; requests still using it should have ended."""
+        if self._adapters.pop(name, None) is None:
+            raise RequestError(f"adapter {name!r} is not loaded here", status=404, code="model_not_found",
+                               param="model")
+        if self._batcher is not None:
+            await asyncio.wrap_future(self._batcher.run_in_thread(lambda: self._drop_adapter(name)))
+
+    def _add_adapter(self, name: str, path: Path) -> None:
+        """On the batcher thread, between rounds."""
+        from peft import PeftModel
+
+        model = self._batcher.model
+        if isinstance(model, PeftModel):
+            if name in model.peft_config:
+                self._drop_adapter(name)
+                model = self._batcher.model
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+        self._model = self._batcher.model = model.eval()
+
+    def _drop_adapter(self, name: str) -> None:
+        """On the batcher thread: remove `name`; the last one out gives back the plain base model."""
+        model = self._batcher.model
+        if name not in getattr(model, "peft_config", {}):
+            return
+        if len(model.peft_config) == 1:
+            self._model = self._batcher.model = model.unload().eval()  # the LoRA layers removed, base weights as they were
+        else:
+            model.delete_adapter(name)
 
     # generation --------------------------------------------------------------------------------
 
@@ -196,9 +256,11 @@ class TransformersEngine(InferenceEngine):
         stream.queue.put_nowait(("abort", None))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
-        if request.model not in self._names:
-            raise RequestError(f"model {request.model!r} is not served here (this engine serves {self.model_id!r})",
+        if request.model not in self._names and request.model not in self._adapters:
+            served = ", ".join(repr(n) for n in [self.model_id, *self._adapters])
+            raise RequestError(f"model {request.model!r} is not served here (this engine serves {served})",
                                status=404, code="model_not_found", param="model")
+        adapter = request.model if request.model in self._adapters else None
         self._check_running()
         params = check_sampling(request.sampling)
         input_ids = await asyncio.to_thread(self._encode, request)
@@ -219,7 +281,7 @@ class TransformersEngine(InferenceEngine):
         stream = _Stream(asyncio.get_running_loop())
         sampler = sampler_for(params, input_ids, matcher)  # records log probabilities when they are asked for
         logprobs = LogprobTracker(sampler, self._tokenizer, skip_ids=self._eos_ids)
-        stream.seq = Sequence(request.request_id, input_ids, max_new, sampler, stream.push)
+        stream.seq = Sequence(request.request_id, input_ids, max_new, sampler, stream.push, adapter=adapter)
         out = DeltaAssembler(self._tokenizer, stop=params.stop, prompt_tokens=prompt_len, max_new=max_new,
                              eos_ids=self._eos_ids)
         self._streams.setdefault(request.request_id, []).append(stream)

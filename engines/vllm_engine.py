@@ -223,8 +223,8 @@ class VllmEngine(InferenceEngine):
     async def load_adapter(self, name: str, path: Path) -> None:
         """Serve the PEFT LoRA adapter in `path` as model id `name`; loading a name again replaces it."""
         if not self.settings.enable_lora:
-            raise EngineError(f"engine for {self.model_id} was created without LoRA; create it with "
-                              "enable_lora=True (and max_lora_rank >= the adapter's rank) to serve adapters")
+            raise EngineError(f"engine for {self.model_id} was started without LoRA, so it serves no adapters; "
+                              "set [worker.lora] vllm = true in node.toml (enable_lora=True when built by hand)")
         if name in self._names:
             raise RequestError(f"adapter name {name!r} is the base model's name; pick another", param="name")
         path = Path(path)
@@ -235,7 +235,8 @@ class VllmEngine(InferenceEngine):
                                param="path") from exc
         if rank > self.settings.max_lora_rank:
             raise RequestError(f"adapter {name!r} has rank {rank} but this engine allows up to "
-                               f"{self.settings.max_lora_rank}; raise max_lora_rank", param="path")
+                               f"{self.settings.max_lora_rank}; raise max_lora_rank ([worker.lora] in node.toml)",
+                               param="path")
         vllm = self._vllm = self._vllm or await asyncio.to_thread(_Vllm, self.backend)
         version = await asyncio.to_thread(_adapter_version, path)
         lora = vllm.lora_request(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=str(path.resolve()))

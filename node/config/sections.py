@@ -259,6 +259,16 @@ class SimSection(Section):
     """Length of every answer (then end-of-text) unless max_tokens cuts it."""
 
 
+class LoraSection(Section):
+    vllm: bool = False
+    """Start vLLM engines with LoRA, so they hot-load published fine-tuned adapters (vLLM reserves
+    room for max_loras adapters of max_lora_rank; transformers engines always serve adapters)."""
+    max_loras: int = Field(default=4, ge=1)
+    """Different adapters one vLLM batch may hold at once (vLLM's max_loras); more wait."""
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 16
+    """Highest adapter rank vLLM accepts (vLLM's max_lora_rank); a higher-rank adapter is refused, naming this."""
+
+
 class WorkerSection(Section):
     listen: Address = "0.0.0.0:50051"
     """gRPC address of the worker service."""
@@ -284,6 +294,8 @@ class WorkerSection(Section):
     """Checkpoints and adapters of fine-tuning jobs; default <data_dir>/training; workers that resume each other's jobs and serve each other's adapters must share it."""
     training_threads: int | None = Field(default=None, ge=1)
     """CPU threads of a fine-tuning job's process (default: torch's choice, every core)."""
+    lora: LoraSection = LoraSection()
+    """Serving fine-tuned LoRA adapters next to their base models."""
     sim: SimSection = SimSection()
     """Pacing of the `sim` backend (benchmarks of cynode's own overhead; never a default)."""
 

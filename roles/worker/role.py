@@ -45,7 +45,7 @@ class WorkerRole(Role):
         self._ft_redis: RedisConnection | None = None
         self._base_registry: ModelRegistry | None = None
         self._adapters: dict = {}  # published adapters, as read from Redis
-        self._adapter_bases: dict[str, ModelSpec] = {}
+        self._served_adapters: set[str] = set()  # the adapter ids in the registry now
 
     async def start(self) -> None:
         try:
@@ -105,10 +105,10 @@ class WorkerRole(Role):
     def _compose_registry(self) -> None:
         from cynode.engines.lora_serving import registry_with_adapters
 
-        servable = {m: r for m, r in self._adapters.items() if self._adapter_backend(r.get("base", "")) is not None}
-        registry, bases = registry_with_adapters(self._base_registry, servable)
-        added = sorted(set(bases) - set(self._adapter_bases))
-        self._adapter_bases = bases
+        registry = registry_with_adapters(self._base_registry, self._adapters, servable=self._serves_adapters)
+        served = {spec.id for spec in registry.specs if spec.base is not None}
+        added = sorted(served - self._served_adapters)
+        self._served_adapters = served
         self._manager.update_registry(registry)
         if added:
             log.info("serving fine-tuned adapter(s) %s", ", ".join(added))
@@ -122,15 +122,13 @@ class WorkerRole(Role):
         except CynodeError as exc:
             log.warning("adapter %s not loaded ahead of use: %s", model_id, exc.message)
 
-    def _adapter_backend(self, base: str) -> str | None:
-        """The backend an adapter of `base` runs on here, or None when this worker cannot hot-load it."""
+    def _serves_adapters(self, base: ModelSpec) -> bool:
+        """Whether `base`'s engine here hot-loads adapters: transformers always, vLLM when
+        `[worker.lora] vllm` starts it with LoRA."""
         from cynode.engines.factory import backend_for
 
-        spec = self._base_registry.resolve(base) if self._base_registry else None
-        if spec is None:
-            return None
-        backend = backend_for(self._backend, spec)
-        return backend if backend.endswith("-transformers") else None
+        backend = backend_for(self._backend, base)
+        return backend.endswith("-transformers") or (backend.endswith("-vllm") and self._config.lora.vllm)
 
     async def _start_training(self) -> None:
         """Take fine-tuning jobs (roles/worker/training_service.py)."""
@@ -142,6 +140,8 @@ class WorkerRole(Role):
         def folders() -> dict:
             out = {}
             for spec in self._manager.registry.specs:
+                if spec.base is not None:  # a served adapter is no base model to train on
+                    continue
                 folder = spec.path if spec.source_kind == "folder" else cfg.models_path / spec.id
                 for name in spec.names:
                     out[name] = folder
@@ -170,19 +170,13 @@ class WorkerRole(Role):
 
         The engine's KV cache may use what the memory budget has left once this model's weights are
         reserved (the manager reserves them before calling this); its capacity follows from that.
-        A published fine-tuned adapter is served as a model of its own on its base's weights.
+        Published fine-tuned adapters never come here: the manager loads them into their base
+        model's engine.
         """
-        base = self._adapter_bases.get(spec.id)
-        if base is not None:
-            from cynode.engines.factory import _model_dir
-            from cynode.engines.lora_serving import adapter_engine
-
-            return adapter_engine(spec, _model_dir(base, self._ctx.config.models_path),
-                                  backend=self._adapter_backend(base.id), max_concurrency=self._config.max_concurrency)
         kv_budget = max(1, self._manager.budget_bytes - self._manager.used_bytes)
         return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
                              max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump(),
-                             memory_budget=kv_budget)
+                             memory_budget=kv_budget, lora=self._config.lora.model_dump())
 
     async def reload(self) -> None:
         """SIGHUP: re-read models.json; new models become servable, removed ones unload once idle."""

@@ -9,6 +9,9 @@ so the comparison is of the loops, not of the data. Throughput is input tokens (
 second of step time, the first step of every run left out as warm-up. The two alternate for `--rounds`
 rounds so that load from elsewhere on the machine falls on both, and the best round of each is
 compared (the load average is printed per round). Bar: cynode >= 0.95x the plain loop.
+
+Then (unless --no-serving) the second row, `bench_adapter_ready.py`: seconds from a job's
+`succeeded` to its adapter answering on every serving worker, real daemons. Bar: <= 10 s.
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for both loops (default: torch's, one per core)")
+    parser.add_argument("--no-serving", action="store_true",
+                        help="only the throughput row, not finished -> answering (which starts daemons)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from cynode.engines.builtin_model import ensure_builtin_model
@@ -147,6 +152,11 @@ def main() -> None:
         print(f"ratio cynode / plain: {ratio:.3f}  (bar >= {BAR}: {'met' if ratio >= BAR else 'NOT met'})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not args.no_serving:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_adapter_ready
+
+        bench_adapter_ready.report(bench_adapter_ready.measure())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from cynode.engines.base import GenerationRequest, SamplingParams
-from cynode.engines.memory_manager import MemoryManager, estimate_footprint
+from cynode.engines.footprint import estimate_footprint
+from cynode.engines.memory_manager import MemoryManager
 from cynode.engines.registry import ModelRegistry, ModelSpec
 from cynode.engines.transformers_engine import TransformersEngine
 from cynode.errors import EngineError, RequestError
@@ -114,7 +115,7 @@ def status_of(manager: MemoryManager, model_id: str) -> dict:
 
 
 async def test_the_footprint_estimate_counts_the_weights_as_float32_plus_a_fixed_overhead(tiny_models, tmp_path):
-    from cynode.engines.memory_manager import FIXED_OVERHEAD
+    from cynode.engines.footprint import FIXED_OVERHEAD
 
     spec = registry_of(tmp_path, tiny_models).resolve("tiny-a")
     weights = (tiny_models["tiny-a"] / "model.safetensors").stat().st_size

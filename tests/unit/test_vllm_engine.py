@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from lora_testkit import make_adapter
 
 from cynode.engines import BUILTIN_ALIASES, BUILTIN_MODEL_ID, ChatMessage, GenerationRequest, SamplingParams
 from cynode.engines.vllm_engine import VllmEngine
@@ -73,34 +74,10 @@ def tokenizer(builtin_model_dir: Path):
     return AutoTokenizer.from_pretrained(builtin_model_dir, local_files_only=True)
 
 
-def _make_adapter(model_dir: Path, out_dir: Path, question: str, max_tokens: int) -> str:
-    """A random rank-8 LoRA adapter (strong enough to change every answer) and peft's greedy answer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                        init_lora_weights=False)
-    peft_model = get_peft_model(model, config).eval()
-    with torch.no_grad():
-        for name, weight in peft_model.named_parameters():
-            if "lora_B" in name:
-                weight.mul_(10)
-    peft_model.save_pretrained(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
-    with torch.inference_mode():
-        out = peft_model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 @pytest.fixture(scope="module")
 def random_adapter(builtin_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out_dir = tmp_path_factory.mktemp("lora") / ADAPTER
-    return out_dir, _make_adapter(builtin_model_dir, out_dir, FRANCE, max_tokens=8)
+    return out_dir, make_adapter(builtin_model_dir, out_dir, FRANCE, max_tokens=8)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
