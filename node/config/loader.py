@@ -53,6 +53,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), ["permission denied (cannot read the file)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib lets the decoder's error through
+        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text (byte {exc.start})"]) from None
 
 
 def _env_overrides(env: Mapping[str, str], data: Mapping[str, Any]):
