@@ -48,6 +48,14 @@ def _int(value: object, what: str) -> int:
     return value
 
 
+def _port(value: object) -> int:
+    """A port a socket can take: one outside 0-65535 would make sendto raise where we send to it."""
+    port = _int(value, "port")
+    if not 0 <= port <= 65535:
+        raise MalformedMessage(f"port {port} is not in 0-65535")
+    return port
+
+
 def _bytes(value: object, what: str) -> bytes:
     if not isinstance(value, bytes):
         raise MalformedMessage(f"{what} is not bytes")
@@ -86,7 +94,7 @@ class IndirectPing:
 
     @classmethod
     def from_wire(cls, f: list) -> "IndirectPing":
-        return cls(_int(f[1], "seq"), _str(f[2], "target"), _str(f[3], "host"), _int(f[4], "port"),
+        return cls(_int(f[1], "seq"), _str(f[2], "target"), _str(f[3], "host"), _port(f[4]),
                    bool(f[5]), _str(f[6], "source"))
 
 
@@ -144,7 +152,7 @@ class Alive:
 
     @classmethod
     def from_wire(cls, f: list) -> "Alive":
-        return cls(_int(f[1], "incarnation"), _str(f[2], "node"), _str(f[3], "host"), _int(f[4], "port"),
+        return cls(_int(f[1], "incarnation"), _str(f[2], "node"), _str(f[3], "host"), _port(f[4]),
                    _bytes(f[5], "meta"), _int(f[6], "version"))
 
 
@@ -185,7 +193,7 @@ class PushNodeState:
         state = _int(f[4], "state")
         if state not in (WIRE_ALIVE, WIRE_SUSPECT, WIRE_DEAD, WIRE_LEFT):
             raise MalformedMessage(f"unknown member state {state}")
-        return cls(_str(f[0], "node"), _str(f[1], "host"), _int(f[2], "port"), _int(f[3], "incarnation"),
+        return cls(_str(f[0], "node"), _str(f[1], "host"), _port(f[2]), _int(f[3], "incarnation"),
                    state, _bytes(f[5], "meta"))
 
 

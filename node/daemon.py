@@ -162,7 +162,8 @@ class Daemon:
         self._gossip = GossipAgent(cfg, keys, telemetry, roles)
         await self._gossip.start()
         hosts = {split_host_port(self._gossip.service_address(r))[0] for r in ("worker", "coordinator") if r in roles}
-        peer_auth = PeerAuth(keys, cfg.node.id, addresses=tuple(sorted(hosts)))  # mTLS under the cluster CA
+        # mTLS under the cluster CA; the certificate names this node's roles, which peers authorize by.
+        peer_auth = PeerAuth(keys, cfg.node.id, addresses=tuple(sorted(hosts)), roles=tuple(roles))
         self._ops.attach(telemetry=telemetry, api_keys=api_keys, membership=self._gossip, redis=self._redis,
                          key_consumers=[self._gossip.node.keyring.replace, peer_auth.replace_keys])
         ctx = RoleContext(

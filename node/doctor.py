@@ -38,8 +38,9 @@ class Check:
     fix: str = ""
 
 
-def run_checks(config: NodeConfig, *, redis_ping: Callable[[str], None] | None = None) -> list[Check]:
-    """Every check for this config; `redis_ping(url)` raises when Redis does not answer (tests pass their own)."""
+def run_checks(config: NodeConfig, *, redis_ping: Callable[[str, dict], None] | None = None) -> list[Check]:
+    """Every check for this config; `redis_ping(url, options)` raises when Redis does not answer (tests
+    pass their own); `options` are the daemon's connection settings (`cynode.redis_tls`)."""
     checks: list[Check] = []
     for produce in (_data_dir, _key_files, _ports, lambda c: _redis(c, redis_ping or _ping), _engines, _disk):
         try:
@@ -118,12 +119,9 @@ def _ports(config: NodeConfig) -> Iterator[Check]:
                 yield Check("ports", FAIL, f"[{name}] {address} ({protocol}): {problem[0]}", problem[1])
 
 
-def _redis(config: NodeConfig, ping: Callable[[str], None]) -> Iterator[Check]:
+def _redis(config: NodeConfig, ping: Callable[[str, dict], None]) -> Iterator[Check]:
     if not {"gateway", "coordinator"} & set(config.node.roles):
         return
-    from .redis_conn import safe_url
-
-    url = safe_url(config.redis.url)
     if config.redis.embedded:
         if shutil.which("redis-server") is None:
             yield Check("redis", FAIL, "[redis] embedded = true but redis-server is not on the PATH",
@@ -137,26 +135,49 @@ def _redis(config: NodeConfig, ping: Callable[[str], None]) -> Iterator[Check]:
         if problem is not None:
             yield Check("redis", FAIL, f"the embedded Redis port {parts.port or 6379}: {problem[0]}",
                         problem[1] + "; or point [redis] url at another port")
-        return
-    if config.redis.sentinels:
+    elif config.redis.sentinels:
         answering = []
         for sentinel in config.redis.sentinels:
             try:
-                ping(f"redis://{sentinel}/0")
+                ping(f"redis://{sentinel}/0", {})
                 answering.append(sentinel)
             except Exception as exc:
                 yield Check("redis", FAIL, f"[redis] sentinels: {sentinel} does not answer: {exc}",
                             "start that Sentinel or remove it from [redis] sentinels")
         if answering:
             yield Check("redis", OK, f"Sentinels {', '.join(answering)} answer PING (master {config.redis.master_name!r})")
-        return
-    try:
-        ping(config.redis.url)
-    except Exception as exc:
-        yield Check("redis", FAIL, f"{url} does not answer: {exc}",
-                    "start Redis there, fix [redis] url, or set [redis] embedded = true for a single node")
     else:
-        yield Check("redis", OK, f"{url} answers PING")
+        yield _redis_answers("[redis] url", config.redis.url, config, ping,
+                             "start Redis there, fix [redis] url, or set [redis] embedded = true for a single node")
+    cache_url = config.coordinator.prompt_cache.redis_url
+    if "coordinator" in config.node.roles and config.coordinator.prompt_cache.enabled and cache_url:
+        yield _redis_answers("[coordinator.prompt_cache] redis_url", cache_url, config, ping,
+                             "start the cache's Redis there or fix [coordinator.prompt_cache] redis_url")
+
+
+def _redis_answers(field: str, target: str, config: NodeConfig, ping: Callable[[str, dict], None], fix: str) -> Check:
+    """One PING with the daemon's own connection settings: TLS files, ACL user and password of [redis]."""
+    from .redis_conn import safe_url
+    from .redis_tls import redis_options
+
+    shown = safe_url(target)
+    try:
+        options = redis_options(config.redis, target)
+    except ConfigError as exc:
+        return Check("redis", FAIL, exc.message, "fix the [redis] setting it names")
+    try:
+        ping(target, options)
+    except Exception as exc:
+        return Check("redis", FAIL, f"{field} {shown} does not answer: {_without(exc, options)}", fix)
+    login = f" as ACL user {options['username']}" if options.get("username") else ""
+    return Check("redis", OK, f"{shown} answers PING{' over TLS' if target.startswith('rediss://') else ''}{login}")
+
+
+def _without(exc: Exception, options: dict) -> str:
+    """The error's text, never the password (redis-py does not echo it, but be sure)."""
+    text = str(exc)
+    password = options.get("password")
+    return text.replace(password, "***") if password else text
 
 
 def _engines(config: NodeConfig) -> Iterator[Check]:
@@ -260,10 +281,10 @@ def _bind_problem(host: str, port: int, protocol: str) -> tuple[str, str] | None
     return None
 
 
-def _ping(url: str) -> None:
+def _ping(url: str, options: dict) -> None:
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3, **options)
     try:
         client.ping()
     finally:

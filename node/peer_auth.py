@@ -5,7 +5,8 @@ cluster keyring, and presents the node's own; every channel a node dials verifie
 certificate the same way and presents the node's. Nobody without the cluster key can complete a
 handshake, read a call or replay one (TLS gives each connection fresh keys and orders its records;
 this replaces the HMAC header of earlier versions, which covered neither the body nor replays).
-The caller's node id is read from its certificate (`peer_node_id`), never from what it sends.
+The caller's node id and roles are read from its certificate (`peer_identity`), never from what it
+sends; servers authorize each method by the roles (`cynode.rpc.callers`).
 
 Key material follows the keyring (`replace_keys`, on SIGHUP): servers trust every key's CA at once
 and pick up a change on their next handshake; the leaf certificate is issued under the first key
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from .pki import LEAF_LIFETIME, PEER_NAME, derive_ca, issue_leaf
+from .pki import LEAF_LIFETIME, PEER_NAME, ROLE_URI_PREFIX, derive_ca, issue_leaf, node_uri
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,13 @@ class _Material:
 
 class PeerAuth:
     def __init__(self, keys: tuple[bytes, ...], node_id: str = "", *, addresses: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.time, lifetime: float = LEAF_LIFETIME) -> None:
+                 roles: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
+                 lifetime: float = LEAF_LIFETIME) -> None:
         """`node_id` goes into this node's certificate (default: a random `client-...` name, for tools);
-        `addresses` are hosts peers reach it at, added as extra names."""
+        `addresses` are hosts peers reach it at, added as extra names; `roles` those the node runs
+        (none for a tool), which decide what it may call on a peer (`cynode.rpc.callers`)."""
         self.node_id = node_id or f"client-{secrets.token_hex(4)}"
+        self.roles = tuple(roles)
         self._addresses = addresses
         self._clock = clock
         self._lifetime = lifetime
@@ -73,7 +77,8 @@ class PeerAuth:
 
     def _issue(self) -> _Material:
         now = self._clock()
-        leaf = issue_leaf(self._cas[0], self.node_id, addresses=self._addresses, now=now, lifetime=self._lifetime)
+        leaf = issue_leaf(self._cas[0], self.node_id, addresses=self._addresses, roles=self.roles, now=now,
+                          lifetime=self._lifetime)
         self._generation += 1
         return _Material(self._generation, b"".join(ca.pem for ca in self._cas), leaf.key_pem, leaf.certificate_pem,
                          renew_at=now + self._lifetime / 2)
@@ -117,14 +122,34 @@ def _server_configuration(m: _Material) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(m.key_pem, m.certificate_pem)], root_certificates=m.trusted_pem)
 
 
-def peer_node_id(context) -> str | None:
-    """The node id in the certificate the caller presented (None in-process or without TLS)."""
+@dataclass(frozen=True)
+class Peer:
+    """Who called, as its certificate says."""
+
+    node_id: str
+    roles: frozenset[str]
+
+
+def peer_identity(context) -> Peer | None:
+    """The node id and roles in the certificate the caller presented (None in-process or without TLS)."""
     try:
         auth = context.auth_context()
     except (AttributeError, NotImplementedError):
         return None
     names = auth.get("x509_common_name") or ()
-    return names[0].decode() if names else None
+    if not names:
+        return None
+    uris = [uri.decode(errors="replace") for uri in auth.get("peer_uri") or ()]
+    node = node_uri("")
+    node_id = next((u.removeprefix(node) for u in uris if u.startswith(node)), names[0].decode(errors="replace"))
+    roles = frozenset(u.removeprefix(ROLE_URI_PREFIX) for u in uris if u.startswith(ROLE_URI_PREFIX))
+    return Peer(node_id, roles)
+
+
+def peer_node_id(context) -> str | None:
+    """The node id in the certificate the caller presented (None in-process or without TLS)."""
+    peer = peer_identity(context)
+    return peer.node_id if peer else None
 
 
 _CHANNEL_OPTIONS = [

@@ -8,7 +8,8 @@ signs anything: the HKDF label separates this use from gossip's AES-GCM and anyt
 
 Each node then issues itself a short-lived leaf certificate under the CA of the first key of the
 ring: a fresh private key that never leaves memory, the node id as common name and in a
-`cynode:node:<id>` URI, and `PEER_NAME` as a DNS name (what clients verify, since peers are dialled
+`cynode:node:<id>` URI, each role it runs in a `cynode:role:<role>` URI (what servers authorize a
+call by, `cynode.rpc.callers`), and `PEER_NAME` as a DNS name (what clients verify, since peers are dialled
 by whatever address gossip or node.toml gave). Servers trust the CAs of every key of the ring, so a
 key can be rotated without downtime exactly as gossip's keyring is (docs/security.md).
 """
@@ -88,14 +89,16 @@ def derive_ca(cluster_key: bytes) -> ClusterCa:
     return ClusterCa(key, certificate)
 
 
-def issue_leaf(ca: ClusterCa, node_id: str, *, addresses: tuple[str, ...] = (), now: float,
-               lifetime: float = LEAF_LIFETIME) -> Leaf:
+def issue_leaf(ca: ClusterCa, node_id: str, *, addresses: tuple[str, ...] = (), roles: tuple[str, ...] = (),
+               now: float, lifetime: float = LEAF_LIFETIME) -> Leaf:
     """A new key pair and a certificate for `node_id` under `ca`, valid from a little before `now`
-    for `lifetime` seconds. `addresses` (hosts this node is reached at) are added as extra names."""
+    for `lifetime` seconds. `addresses` (hosts this node is reached at) are added as extra names;
+    each of `roles` (those the node runs) as a `cynode:role:<role>` URI, which servers authorize by."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = datetime.datetime.fromtimestamp(now, datetime.UTC)
     end = start + datetime.timedelta(seconds=lifetime)
     names: list[x509.GeneralName] = [x509.DNSName(PEER_NAME), x509.UniformResourceIdentifier(node_uri(node_id))]
+    names += [x509.UniformResourceIdentifier(role_uri(role)) for role in dict.fromkeys(roles)]
     for host in dict.fromkeys(addresses):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -128,3 +131,10 @@ def issue_leaf(ca: ClusterCa, node_id: str, *, addresses: tuple[str, ...] = (), 
 
 def node_uri(node_id: str) -> str:
     return f"cynode:node:{node_id}"
+
+
+ROLE_URI_PREFIX = "cynode:role:"
+
+
+def role_uri(role: str) -> str:
+    return ROLE_URI_PREFIX + role

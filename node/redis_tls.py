@@ -4,6 +4,10 @@
 `tls_ca_file` or the system's CAs, with its host name checked. `username` and the password read from
 `password_file` log in with AUTH user password (Redis 6 ACLs). The password never reaches a log line:
 errors name the file, and `safe_url` strips a password from the url.
+
+The prompt cache's separate Redis, when there is one, is reached with the same settings
+(`redis_options(section, url)`); a config whose `[redis]` is secured while the cache url is not is
+refused when it loads (`NodeConfig`), so the cache never sends prompts and answers in the clear.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ def open_redis(section: RedisSection, cluster: str) -> RedisConnection:
     )
 
 
-def redis_options(section: RedisSection) -> dict[str, Any]:
-    """Keyword arguments for `redis.asyncio.Redis.from_url` beyond the url; ConfigError names the field."""
+def redis_options(section: RedisSection, url: str = "") -> dict[str, Any]:
+    """Keyword arguments for `redis.Redis.from_url` (sync or asyncio) beyond the url; ConfigError names
+    the field. `url`: a Redis other than `section.url` reached with the same user, password and TLS
+    files (the prompt cache's own, `[coordinator.prompt_cache] redis_url`); a user or password in that
+    url wins, as redis-py gives the url's credentials precedence."""
     options: dict[str, Any] = {}
     if section.username:
         options["username"] = section.username
     if section.password_file is not None:
         options["password"] = read_password(section.password_file)
-    if section.url.startswith("rediss://"):
+    if (url or section.url).startswith("rediss://"):
         options["ssl_cert_reqs"] = "required"
         options["ssl_check_hostname"] = True
         for name, option in (("tls_ca_file", "ssl_ca_certs"), ("tls_cert_file", "ssl_certfile"), ("tls_key_file", "ssl_keyfile")):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_harness import RedisServer
+from redis_harness import RedisServer, start_tls_redis
 
 REPO = Path(__file__).resolve().parent.parent
 # Converted models survive between runs here, so only the first run pays for the conversion.
@@ -21,6 +21,14 @@ TEST_CACHE = Path(os.environ.get("CYNODE_TEST_CACHE", REPO / ".test-cache"))
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server with TLS only, client certificates and one ACL user (`redis_harness.TlsRedis`)."""
+    server = start_tls_redis(tmp_path_factory.mktemp("redis-tls"))
     yield server
     server.stop()
 

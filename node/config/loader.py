@@ -53,6 +53,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), ["permission denied (cannot read the file)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib lets the decoder's error through
+        raise ConfigError(str(path), [f"not valid TOML: not UTF-8 text (byte {exc.start})"]) from None
 
 
 def _env_overrides(env: Mapping[str, str], data: Mapping[str, Any]):
@@ -118,12 +120,12 @@ def _describe(err: Any, origins: Mapping[tuple[str, ...], str]) -> str:
         if err["type"] in ("literal_error", "int_parsing", "bool_parsing", "int_type", "string_type",
                            "greater_than_equal", "less_than_equal", "tuple_type", "path_type"):
             reason = f"{err['input']!r}: {reason}"
-    return f"{where} {reason}" + (f" (from {origin})" if origin else "")
+    return (f"{where} " if where else "") + reason + (f" (from {origin})" if origin else "")
 
 
 def _render_loc(loc: tuple[Any, ...]) -> str:
     if not loc:
-        return "(top level)"
+        return ""  # a check across sections: its message names the fields
     section, rest = loc[0], loc[1:]
     key = ""
     for part in rest:

@@ -209,7 +209,14 @@ class PromptCacheSection(Section):
     nondeterministic: bool = False
     """Also cache sampled requests without a seed (they would then always get the same answer)."""
     redis_url: str = ""
-    """A separate Redis for the cache (it wants allkeys-lru, the queue noeviction); default: [redis] url."""
+    """A separate Redis for the cache (it wants allkeys-lru, the queue noeviction); default: [redis] url. Reached with [redis]'s username, password_file and TLS files; must be rediss:// when [redis] url is."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cache_url_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} is not a Redis URL (expected redis://host:port/db or rediss://)")
+        return value
 
 
 class StaticWorker(Section):
@@ -305,6 +312,11 @@ class MetricsSection(Section):
     """HTTP address of /metrics, /healthz and /readyz on every node."""
 
 
+def _safe(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}" if "@" in rest else url
+
+
 class NodeConfig(Section):
     node: NodeSection = NodeSection()
     """This machine."""
@@ -322,6 +334,15 @@ class NodeConfig(Section):
     """The worker role."""
     metrics: MetricsSection = MetricsSection()
     """Node-level HTTP for metrics and health."""
+
+    @model_validator(mode="after")
+    def _cache_redis_as_secure_as_redis(self) -> NodeConfig:
+        cache_url = self.coordinator.prompt_cache.redis_url
+        if cache_url.startswith("redis://") and self.redis.url.startswith("rediss://"):
+            # The cache holds every cached prompt and answer: it must not be the one link in the clear.
+            raise ValueError(f"[coordinator.prompt_cache] redis_url {_safe(cache_url)!r} is plaintext while [redis] url "
+                             "uses TLS; use a rediss:// url for the cache (it gets [redis]'s TLS files, user and password)")
+        return self
 
     @property
     def api_keys_path(self) -> Path:

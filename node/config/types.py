@@ -97,7 +97,10 @@ Address = Annotated[str, AfterValidator(_check_address)]
 
 
 def _absolute(path: Path) -> Path:
-    return path.expanduser().absolute()
+    try:
+        return path.expanduser().absolute()
+    except RuntimeError:  # "~someone/...": no such user, or no home to expand
+        raise ValueError(f"{str(path)!r}: cannot expand {path.parts[0]!r} (no such user's home folder)") from None
 
 
 LocalPath = Annotated[Path, AfterValidator(_absolute)]

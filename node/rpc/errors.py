@@ -28,6 +28,8 @@ import grpc
 import grpc.aio
 from cynode import errors as e
 
+from .callers import authorize
+
 __all__ = ["PeerUnavailable", "error_metadata", "from_rpc_error", "grpc_code", "map_handler", "rpc_errors"]
 
 log = logging.getLogger(__name__)
@@ -132,12 +134,14 @@ async def _abort(context, exc: e.CynodeError, method: str):
     await context.abort(grpc_code(exc), exc.message)
 
 
-def wrap_handler(method: str, behaviour, streaming: bool):
-    """A handler behaviour that turns the CynodeError it raises into the call's status."""
+def wrap_handler(method: str, behaviour, streaming: bool, allowed: frozenset[str] = frozenset()):
+    """A handler behaviour that turns the CynodeError it raises into the call's status, and that
+    first refuses a caller whose certificate names none of the `allowed` roles (`cynode.rpc.callers`)."""
     if streaming:
         @functools.wraps(behaviour)
         async def stream(request, context):
             try:
+                authorize(context, method, allowed)
                 async for item in behaviour(request, context):
                     yield item
             except e.CynodeError as exc:
@@ -147,20 +151,21 @@ def wrap_handler(method: str, behaviour, streaming: bool):
     @functools.wraps(behaviour)
     async def unary(request, context):
         try:
+            authorize(context, method, allowed)
             return await behaviour(request, context)
         except e.CynodeError as exc:
             await _abort(context, exc, method)
     return unary
 
 
-def map_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour wrapped by `wrap_handler`."""
+def map_handler(method: str, handler: grpc.RpcMethodHandler, allowed: frozenset[str] = frozenset()) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped by `wrap_handler` (`allowed`: the roles that may call it)."""
     kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap_handler(method, handler.unary_unary, False), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(wrap_handler(method, handler.unary_unary, False, allowed), **kwargs)
     if handler.unary_stream:
         behaviour = handler.unary_stream
         if not inspect.isasyncgenfunction(behaviour):
             return handler
-        return grpc.unary_stream_rpc_method_handler(wrap_handler(method, behaviour, True), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(wrap_handler(method, behaviour, True, allowed), **kwargs)
     return handler  # no streaming-request methods in cynode's protos

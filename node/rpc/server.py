@@ -57,11 +57,14 @@ class RpcServer:
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
 
     def add(self, add_to_server: Callable[[object, object], None], servicer: object) -> None:
-        """Serve `servicer` (`add_to_server` is the generated `add_<Service>Servicer_to_server`)."""
+        """Serve `servicer` (`add_to_server` is the generated `add_<Service>Servicer_to_server`); its
+        `CALLERS` (`cynode.rpc.callers`) say which roles may call each method."""
         capture = _Capture()
         add_to_server(servicer, capture)
+        callers = getattr(servicer, "CALLERS", {})
         for service, handlers in capture.services.items():
-            wrapped = {name: map_handler(f"/{service}/{name}", h) for name, h in handlers.items()}
+            wrapped = {name: map_handler(f"/{service}/{name}", h, callers.get(name, frozenset()))
+                       for name, h in handlers.items()}
             self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
             self._server.add_registered_method_handlers(service, wrapped)
             self._methods.update({f"/{service}/{name}": h for name, h in wrapped.items()})

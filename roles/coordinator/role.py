@@ -7,6 +7,7 @@ import logging
 from cynode.config import join_host_port
 from cynode.errors import FencedError, StartupError
 from cynode.redis_conn import RedisConnection
+from cynode.redis_tls import redis_options
 from cynode.role import Role, RoleContext
 from cynode.rpc import coordinator_pb2_grpc
 from cynode.rpc.server import RpcServer
@@ -61,7 +62,10 @@ class CoordinatorRole(Role):
         if cache_cfg.enabled:
             cache_redis = ctx.redis
             if cache_cfg.redis_url:
-                cache_redis = self._cache_redis = RedisConnection(cache_cfg.redis_url, ctx.config.cluster.name)
+                # The same user, password and TLS files as [redis] (a plaintext cache url beside a
+                # TLS [redis] is refused when node.toml loads).
+                cache_redis = self._cache_redis = RedisConnection(
+                    cache_cfg.redis_url, ctx.config.cluster.name, redis_options(ctx.config.redis, cache_cfg.redis_url))
             self._cache = PromptCache(cache_redis, ttl=cache_cfg.ttl, max_size=cache_cfg.max_size)
         self._queue = TaskQueue(ctx.redis, lambda: self._election.epoch, max_size=queue_cfg.max_size,
                                 max_retries=queue_cfg.max_retries, cache=self._cache)

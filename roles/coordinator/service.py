@@ -16,6 +16,7 @@ from cynode.errors import FencedError, QueueFullError, RequestError, TaskEndedEr
 from cynode.leader_record import read_leader
 from cynode.redis_conn import RedisConnection
 from cynode.rpc import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from cynode.rpc.callers import ANY_MEMBER
 from cynode.rpc.convert import messages_from_pb, sampling_from_pb
 
 from .dispatcher import Dispatcher, Grant
@@ -31,6 +32,16 @@ DEFAULT_ADMIT_WAIT_S = 600.0
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+    # The roles a caller's certificate must name, per method (cynode.rpc.callers).
+    CALLERS = {
+        "Admit": frozenset({"gateway"}),
+        "Heartbeat": frozenset({"gateway"}),
+        "Complete": frozenset({"gateway"}),
+        "Cancel": frozenset({"gateway"}),
+        "ListModels": ANY_MEMBER,
+        "Status": ANY_MEMBER,
+    }
+
     def __init__(self, *, redis: RedisConnection, election: LeaderElection, pool: WorkerPool, queue: TaskQueue, dispatcher: Dispatcher,
                  cache: PromptCache | None, cache_nondeterministic: bool, metrics: CoordinatorMetrics) -> None:
         self._redis = redis

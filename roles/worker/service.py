@@ -16,6 +16,7 @@ from cynode.engines.embedding import SupportsEmbedding
 from cynode.engines.memory_manager import MemoryManager
 from cynode.errors import EngineError, FencedError, RequestError
 from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
+from cynode.rpc.callers import ANY_MEMBER
 from cynode.rpc.convert import logprobs_to_pb, messages_from_pb, sampling_from_pb
 
 from .metrics import WorkerMetrics
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
+    # The roles a caller's certificate must name, per method (cynode.rpc.callers).
+    CALLERS = {
+        "Predict": frozenset({"gateway"}),
+        "Embed": frozenset({"gateway"}),
+        "LoadModel": frozenset({"gateway", "coordinator"}),
+        "UnloadModel": frozenset({"gateway", "coordinator"}),
+        "Health": ANY_MEMBER,
+        "ListModels": ANY_MEMBER,
+    }
+
     def __init__(self, node_id: str, backend: str, manager: MemoryManager, metrics: WorkerMetrics) -> None:
         self._node_id = node_id
         self._backend = backend

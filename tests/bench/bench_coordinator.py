@@ -107,7 +107,7 @@ async def queue_throughput(redis_url: str) -> dict[int, tuple[float, float]]:
 
 
 async def admit_latency(gateway_node, key_file: Path, model: str, samples: int = 200) -> dict[str, tuple[float, float]]:
-    auth = PeerAuth(load_keys(key_file))
+    auth = PeerAuth(load_keys(key_file), roles=("gateway",))  # Admit is for a gateway
     async with auth.channel(f"127.0.0.1:{gateway_node.ports['coordinator']}") as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
 

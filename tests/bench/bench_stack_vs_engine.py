@@ -73,7 +73,7 @@ async def worker_over_grpc(node) -> dict:
     from cynode.peer_auth import PeerAuth
     from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
 
-    auth = PeerAuth(load_keys(node.workdir / "data" / "cluster.key"))
+    auth = PeerAuth(load_keys(node.workdir / "data" / "cluster.key"), roles=("gateway",))  # Predict is for a gateway
     _, leader = node.get_json("/v1/cluster/leader", node.api_key())
     epoch = leader["epoch"]  # the worker refuses calls from an older leader epoch than it has seen
     samples = []

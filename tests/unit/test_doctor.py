@@ -79,3 +79,25 @@ def test_an_embedded_redis_needs_its_port_free(tmp_path, redis_server):
     port = int(redis_server.url.rsplit(":", 1)[1].split("/")[0])  # the session's redis-server holds it
     result = doctor(write_config(tmp_path, redis={"url": f"redis://127.0.0.1:{port}/0", "embedded": True}))
     assert result.returncode == 1 and f"the embedded Redis port {port}: in use" in result.stdout
+
+
+def test_the_redis_check_connects_as_the_daemon_does_over_tls_as_the_acl_user(tmp_path, tls_redis):
+    """[redis] TLS files, user and password are used; a plain PING to the url would be refused there."""
+    cache_url = tls_redis.url.rsplit("/", 1)[0] + "/1"
+    result = doctor(write_config(tmp_path, redis=tls_redis.settings(),
+                                 coordinator={"prompt_cache": {"redis_url": cache_url}}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("answers PING over TLS as ACL user cynode-app") == 2  # [redis] and the cache's Redis
+    assert tls_redis.password not in result.stdout + result.stderr
+
+
+def test_what_tls_redis_refuses_is_a_finding_without_the_password(tmp_path, tls_redis):
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    for changes in ({"password_file": str(wrong)}, {"tls_cert_file": None, "tls_key_file": None}):
+        settings = {k: v for k, v in tls_redis.settings(**changes).items() if v is not None}
+        result = doctor(write_config(tmp_path, redis=settings))
+        assert result.returncode == 1, result.stdout
+        assert f"FAIL  redis        [redis] url {tls_redis.url} does not answer" in result.stdout, result.stdout
+        assert tls_redis.password not in result.stdout + result.stderr
