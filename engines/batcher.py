@@ -6,9 +6,10 @@ spend at most `prefill_tokens` prompt tokens on prefills; then one decode step f
 
 Prefill is chunked: a prompt longer than the round's budget is prefilled over several rounds, into a
 cache of its own, and the running streams get a decode step between every two chunks, so a long new
-prompt costs them about one chunk per token instead of its whole prefill. Several short prompts
-share a round's budget. When the last chunk is in, the first token is sampled and streamed, and the
-K/V joins the `RaggedKVCache`. Each decode step is one forward for all rows: one token per row, each
+prompt costs them about one chunk per token instead of its whole prefill. Prompts that arrive
+together and fit one round's budget are prefilled in one forward, packed end to end with a mask that
+keeps each to its own tokens (`_prefill_packed`), so N new streams cost one prefill, not N. When
+the last chunk is in, the first token is sampled and streamed, and the K/V joins the `RaggedKVCache`. Each decode step is one forward for all rows: one token per row, each
 at its own position, with a mask that shows each row only its own tokens. So N streams cost one step
 per token, not N, and a sequence's greedy output in a batch equals its output alone.
 
@@ -25,7 +26,8 @@ lock) and hear back through each sequence's `sink`, which must not block: the en
 `loop.call_soon_threadsafe`. A cancelled sequence stops counting against the cap at once and leaves
 the batch before the next step, so an abort costs at most the step already running.
 
-`trace`, when set to a list, receives ("prefill", request_id, tokens), ("decode", rows) and
+`trace`, when set to a list, receives ("prefill", request_id, tokens), ("prefill-packed",
+[request_ids], tokens) before the "prefill" of each prompt it packed, ("decode", rows) and
 ("preempt", request_id) in the order the thread ran them (tests count interleaving with it).
 """
 
@@ -95,6 +97,7 @@ class ContinuousBatcher:
         self.steps = 0  # decode steps run (for tests and metrics)
         self.largest_batch = 0  # the most rows one decode step ever held
         self.preemptions = 0  # sequences preempted to keep the cache under kv_tokens
+        self.packed_prefills = 0  # forwards that prefilled several whole prompts at once
         self.trace: list | None = None
 
     # any thread ----------------------------------------------------------------------------------
@@ -203,36 +206,102 @@ class ContinuousBatcher:
         return len(self._running) * (self._cache.width + 1) + sum(s.fed for s in self._prefilling)
 
     def _prefill_round(self) -> None:
-        """One chunk of prefill work: `prefill_tokens` prompt tokens over the prefills, oldest first."""
+        """One chunk of prefill work: `prefill_tokens` prompt tokens over the prefills, oldest first.
+
+        Prompts that start and finish within this round (they arrived together and fit the budget)
+        are packed into one forward; a prompt continued from an earlier round, or too long to end in
+        this one, runs its chunk alone on its own cache.
+        """
         budget = self.prefill_tokens
+        whole: list[Sequence] = []
+        pieces: list[tuple[Sequence, int]] = []
         for seq in list(self._prefilling):
             if budget <= 0:
                 break
             if seq.cancelled:
                 continue  # dropped at the next round
-            n = min(budget, len(seq.feed) - seq.fed)
+            left = len(seq.feed) - seq.fed
+            n = min(budget, left)
             budget -= n
+            if seq.fed == 0 and n == left:
+                whole.append(seq)
+            else:
+                pieces.append((seq, n))
+        if len(whole) > 1:
+            self._prefill_packed(whole)
+        else:
+            pieces = [(seq, len(seq.feed)) for seq in whole] + pieces
+        for seq, n in pieces:
+            self._prefill_chunk(seq, n)
+
+    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+        """The next `n` prompt tokens of `seq`, on its own cache; the first token when they were the last."""
+        try:
+            ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1)
+            seq.fed += n
+            if self.trace is not None:
+                self.trace.append(("prefill", seq.request_id, n))
+            if seq.fed == len(seq.feed):
+                self._prefilled(seq, [(layer.keys, layer.values) for layer in seq.kv.layers], out.logits[0, -1])
+        except Exception as exc:  # this request fails; the batch goes on
+            self._prefill_failed(seq, exc)
+
+    def _prefill_packed(self, seqs: list[Sequence]) -> None:
+        """Whole prompts of several sequences in one forward: packed end to end in one row, each token
+        seeing only its own prompt (a block-diagonal causal mask) at its own positions, so each
+        sequence's K/V and first token are what a forward of its prompt alone gives.
+
+        Packing instead of padding: no pad token is computed, and no fully masked row can put a NaN
+        in the K/V (see batch_cache.py). If the packed forward fails, each prompt is tried alone, so
+        only a request that fails by itself fails.
+        """
+        lengths = [len(seq.feed) for seq in seqs]
+        starts = [sum(lengths[:i]) for i in range(len(seqs))]
+        try:
+            dev = self.device
+            ids = torch.tensor([[t for seq in seqs for t in seq.feed]], dtype=torch.long, device=dev)
+            positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
+            segment = torch.repeat_interleave(torch.arange(len(seqs), device=dev), torch.tensor(lengths, device=dev))
+            mask = (segment[:, None] == segment[None, :]) & (positions[:, None] >= positions[None, :])
+            last = torch.tensor([a + n - 1 for a, n in zip(starts, lengths)], dtype=torch.long, device=dev)
+            kv = DynamicCache()
+            out = self.model(input_ids=ids, attention_mask=mask[None, None], position_ids=positions[None],
+                             past_key_values=kv, use_cache=True, logits_to_keep=last)
+        except Exception:
+            log.exception("packed prefill of %d prompts failed; prefilling them one at a time", len(seqs))
+            for seq in seqs:
+                self._prefill_chunk(seq, len(seq.feed))
+            return
+        self.packed_prefills += 1
+        if self.trace is not None:
+            self.trace.append(("prefill-packed", [seq.request_id for seq in seqs], sum(lengths)))
+        for i, (seq, a, n) in enumerate(zip(seqs, starts, lengths)):
+            seq.fed = n
+            if self.trace is not None:
+                self.trace.append(("prefill", seq.request_id, n))
             try:
-                ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1)
-                seq.fed += n
-                if self.trace is not None:
-                    self.trace.append(("prefill", seq.request_id, n))
-                if seq.fed < len(seq.feed):
-                    continue
-                self._prefilling.remove(seq)
-                kv, seq.kv, seq.feed = seq.kv, None, []
-                token = seq.sampler.pick(out.logits[0, -1])
-                if not self._emit(seq, token):
-                    self._cache.add([(layer.keys, layer.values) for layer in kv.layers])
-                    self._running.append(seq)
-            except Exception as exc:  # this request fails; the batch goes on
-                log.exception("prefill of request %s failed", seq.request_id)
-                if seq in self._prefilling:
-                    self._prefilling.remove(seq)
-                seq.kv = None
-                self._forget(seq)
-                seq.sink("error", exc)
+                self._prefilled(seq, [(layer.keys[:, :, a:a + n], layer.values[:, :, a:a + n]) for layer in kv.layers],
+                                out.logits[0, i])
+            except Exception as exc:
+                self._prefill_failed(seq, exc)
+
+    def _prefilled(self, seq: Sequence, kv: list[tuple[torch.Tensor, torch.Tensor]], logits: torch.Tensor) -> None:
+        """`seq`'s prompt is in: sample its first token and, unless that ended it, give it a row."""
+        self._prefilling.remove(seq)
+        seq.kv, seq.feed = None, []
+        token = seq.sampler.pick(logits)
+        if not self._emit(seq, token):
+            self._cache.add(kv)
+            self._running.append(seq)
+
+    def _prefill_failed(self, seq: Sequence, exc: Exception) -> None:
+        log.exception("prefill of request %s failed", seq.request_id, exc_info=exc)
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
+        seq.kv = None
+        self._forget(seq)
+        seq.sink("error", exc)
 
     def _make_room(self) -> None:
         """Preempt the newest running sequences until the next decode step fits the KV cap."""
