@@ -124,6 +124,16 @@ class ContinuousBatcher:
                 pass
             self._cond.notify()
 
+    def resize(self, max_batch: int, kv_tokens: int | None) -> None:
+        """New limits from the next round on: more places and room admit more at once; less room
+        preempts the newest running sequences before the next decode step (nobody is dropped)."""
+        if max_batch < 1 or (kv_tokens is not None and kv_tokens < 1):
+            raise ValueError("need max_batch >= 1 and kv_tokens >= 1 (or None)")
+        with self._cond:
+            self.max_batch, self.kv_tokens = max_batch, kv_tokens
+            self._cache.max_rows, self._cache.max_tokens = max(max_batch, self._cache.rows), kv_tokens
+            self._cond.notify()
+
     @property
     def active(self) -> int:
         """Sequences holding a place in the batch (cancelled ones no longer count)."""

@@ -14,6 +14,12 @@ Rules, in the order a request meets them:
   runs and all of them await it. The load is a task of the manager's, shielded from its waiters, so
   one client going away does not cancel the load for the others. A failed load leaves nothing
   behind: every waiter gets the error and the next request tries again.
+- The budget is counted once. Each loaded model's footprint (weights and overhead) is reserved; what
+  is left is the KV memory, split equally between the loaded engines that size their cache by it
+  (`InferenceEngine.set_kv_budget`: transformers; vLLM sizes its own, whose pre-allocated bytes,
+  `own_kv_bytes`, join its footprint; sim has none). A load shrinks the
+  others' shares as its weights are reserved, an unload gives its share back to the rest, and each
+  model's admission limit follows its engine's capacity at its current share.
 - Before a load the model's footprint is estimated (`estimate_footprint`, or the function passed in).
   If it does not fit the budget next to what is loaded or loading, the least recently used idle
   models (no user inside `use`) are unloaded until it does. A model in use is never evicted: when the
@@ -107,6 +113,8 @@ class _Slot:
     last_used: float = 0.0
     retired: bool = False  # gone from the registry (or changed): unload once idle
     fingerprint: list = field(default_factory=list)
+    kv_taker: bool = False  # its engine sizes its KV cache by the share it is given (set_kv_budget)
+    kv_share: int = 0  # bytes of the budget its KV cache may use now
 
 
 class MemoryManager:
@@ -221,6 +229,7 @@ class MemoryManager:
                 "in_use": slot.in_use if slot else 0, "waiting": slot.waiting if slot else 0,
                 "last_used": slot.last_used if slot and slot.last_used else None,
                 "footprint": slot.footprint if slot and (slot.engine or slot.loading) else None,
+                "kv_budget": slot.kv_share if slot and slot.engine and slot.kv_taker else None,
                 "retiring": False}
 
     # registry changes and idle models ------------------------------------------------------------
@@ -317,13 +326,17 @@ class MemoryManager:
         async with self._budget_lock:
             await self._make_room(slot, need)
             slot.footprint = need  # reserved: later loads count it
+            self._split_kv()  # the loaded models' KV shares make room for this one's at once
         engine = None
         try:
             log.info("loading model %s (about %s)", spec.id, _size(need))
             engine = await asyncio.to_thread(self._factory, spec)
+            # Sized at start from its share (the split counts this model already), resized by _split_kv.
+            slot.kv_taker = engine.set_kv_budget(self._kv_share())
             await engine.start()
         except BaseException as exc:
-            slot.footprint = 0
+            slot.footprint, slot.kv_taker = 0, False
+            self._split_kv()
             if engine is not None:
                 with contextlib.suppress(Exception):
                     await engine.close()
@@ -331,12 +344,46 @@ class MemoryManager:
                 raise
             raise EngineError(f"model {spec.id}: loading failed: {exc}") from exc
         slot.engine, slot.fingerprint, slot.last_used = engine, fingerprint, self._clock()
-        capacity = engine.capacity()
-        limit = min(capacity, self._per_model or capacity) if capacity else self._per_model or DEFAULT_CONCURRENCY
-        slot.gate.set_limit(limit)
-        log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s)", spec.id, limit,
-                 capacity if capacity else "unknown", self._per_model or "none")
+        if not slot.kv_taker:
+            slot.footprint += engine.own_kv_bytes()  # a cache it sized itself still takes the budget's bytes
+        self._split_kv()
+        self._admit_capacity(slot)
+        log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s, KV cache %s)", spec.id,
+                 slot.gate.limit, engine.capacity() or "unknown", self._per_model or "none",
+                 _size(slot.kv_share) if slot.kv_taker else "its own")
         return engine
+
+    def _admit_capacity(self, slot: _Slot) -> None:
+        """The slot's admission limit: its engine's capacity under the ceiling."""
+        capacity = slot.engine.capacity() if slot.engine is not None else None
+        slot.gate.set_limit(min(capacity, self._per_model or capacity) if capacity
+                            else self._per_model or DEFAULT_CONCURRENCY)
+
+    def _kv_sharers(self) -> list[_Slot]:
+        """Loaded models whose engine takes a KV share, and loading ones that will (a transformers engine)."""
+        return [s for s in self._all_slots() if s.footprint and (
+            s.kv_taker if s.engine is not None else s.spec.engine == "transformers")]
+
+    def _kv_share(self) -> int:
+        """What the weights leave of the budget, split equally between the models that share it.
+
+        Every loaded model's weights (and loading one's reservation) are counted once, in its
+        footprint; the rest is the KV memory, and each engine that sizes its cache by the budget gets
+        an equal part, so two models never both count on the same bytes.
+        """
+        pool = self.budget_bytes - sum(s.footprint for s in self._all_slots())
+        return max(1, pool // max(1, len(self._kv_sharers())))
+
+    def _split_kv(self) -> None:
+        """Give every loaded sharer its share now (after a load, an unload, or a reservation)."""
+        share = self._kv_share()
+        for slot in self._kv_sharers():
+            if slot.engine is None or slot.kv_share == share:
+                continue
+            slot.kv_share = share
+            slot.engine.set_kv_budget(share)
+            self._admit_capacity(slot)
+            log.info("model %s: KV cache %s, admits %d at once", slot.spec.id, _size(share), slot.gate.limit)
 
     async def _make_room(self, slot: _Slot, need: int) -> None:
         """Evict least recently used idle models until `need` more bytes fit. Holds the budget lock."""
@@ -370,9 +417,10 @@ class MemoryManager:
             if engine is not None:
                 await engine.close()
         finally:
-            slot.footprint = 0
+            slot.footprint, slot.kv_taker, slot.kv_share = 0, False, 0
             if slot.retired and slot in self._retiring:
                 self._retiring.remove(slot)
+            self._split_kv()  # what it held goes to the models still loaded
 
 
 def _same_load(slot: _Slot, new: ModelSpec) -> bool:

@@ -167,9 +167,10 @@ class WorkerRole(Role):
     def _make_engine(self, spec: ModelSpec) -> InferenceEngine:
         """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use).
 
-        The engine's KV cache may use what the memory budget has left once this model's weights are
-        reserved (the manager reserves them before calling this); its capacity follows from that.
-        A published fine-tuned adapter is served as a model of its own on its base's weights.
+        The manager gives the engine its share of the memory budget for the KV cache (what the loaded
+        models' weights leave, split between them: MemoryManager._kv_share) before it starts; its
+        capacity follows from that. A published fine-tuned adapter is served as a model of its own on
+        its base's weights.
         """
         base = self._adapter_bases.get(spec.id)
         if base is not None:
@@ -178,10 +179,8 @@ class WorkerRole(Role):
 
             return adapter_engine(spec, _model_dir(base, self._ctx.config.models_path),
                                   backend=self._adapter_backend(base.id), max_concurrency=self._config.max_concurrency)
-        kv_budget = max(1, self._manager.budget_bytes - self._manager.used_bytes)
         return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
-                             max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump(),
-                             memory_budget=kv_budget)
+                             max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump())
 
     async def reload(self) -> None:
         """SIGHUP: re-read models.json; new models become servable, removed ones unload once idle."""
