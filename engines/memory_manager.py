@@ -9,7 +9,9 @@ Rules, in the order a request meets them:
   for transformers, what its KV cache fits in memory; for vLLM, its scheduler's limit), under the
   optional ceiling `per_model_concurrency`; later ones queue first in, first out (an
   `AdmissionGate` per model), so `use` blocks while the model is full. Until a model is loaded the
-  limit is provisional: the ceiling, or DEFAULT_CONCURRENCY.
+  limit is provisional: for a transformers model folder, the capacity its config.json gives at the
+  KV share it would get if loaded now (`kv_memory.folder_capacity`); otherwise the ceiling, or
+  DEFAULT_CONCURRENCY.
 - Loading is single-flight: however many requests arrive for a model that is not loaded, one load
   runs and all of them await it. The load is a task of the manager's, shielded from its waiters, so
   one client going away does not cancel the load for the others. A failed load leaves nothing
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
 from cynode.engines.base import InferenceEngine
+from cynode.engines.kv_memory import folder_capacity
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
 
@@ -137,6 +140,7 @@ class MemoryManager:
         self._clock = clock
         self._slots: dict[str, _Slot] = {}  # by model id, for the current registry
         self._retiring: list[_Slot] = []  # loaded models that left the registry and still have users
+        self._estimates: dict[ModelSpec, int] = {}  # footprints of models not loaded, for provisional limits
         self._budget_lock = asyncio.Lock()
         self._closed = False
 
@@ -209,7 +213,11 @@ class MemoryManager:
         """Requests this worker generates at once for one model: the largest admission limit of the
         loaded models (before any is loaded, the provisional one). Published in gossip."""
         limits = [s.gate.limit for s in self._all_slots() if s.engine is not None]
-        return max(limits, default=self._per_model or DEFAULT_CONCURRENCY)
+        if limits:
+            return max(limits)
+        # Nothing loaded yet: what the models that can tell from their files will admit.
+        known = [limit for spec in self._registry.specs if (limit := self._estimated_limit(spec)) is not None]
+        return max(known, default=self._per_model or DEFAULT_CONCURRENCY)
 
     def loaded(self) -> list[str]:
         """Ids of the models loaded now (a model retiring after a registry change included)."""
@@ -292,7 +300,7 @@ class MemoryManager:
                                status=404, code="model_not_found", param="model")
         slot = self._slots.get(spec.id)
         if slot is None:
-            slot = self._slots[spec.id] = _Slot(spec, AdmissionGate(self._per_model or DEFAULT_CONCURRENCY))
+            slot = self._slots[spec.id] = _Slot(spec, AdmissionGate(self._provisional_limit(spec)))
         return slot
 
     async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
@@ -358,6 +366,24 @@ class MemoryManager:
         capacity = slot.engine.capacity() if slot.engine is not None else None
         slot.gate.set_limit(min(capacity, self._per_model or capacity) if capacity
                             else self._per_model or DEFAULT_CONCURRENCY)
+
+    def _provisional_limit(self, spec: ModelSpec) -> int:
+        """The admission limit of a model not loaded yet: the estimate, or the ceiling or default."""
+        return self._estimated_limit(spec) or self._per_model or DEFAULT_CONCURRENCY
+
+    def _estimated_limit(self, spec: ModelSpec) -> int | None:
+        """What `spec` will admit once loaded, as far as its files say before the load: a
+        transformers model folder at the KV share it would get now; None for anything else."""
+        if spec.engine != "transformers" or spec.source_kind != "folder" or spec.path is None:
+            return None
+        if spec not in self._estimates:
+            try:
+                self._estimates[spec] = int(self._footprint(spec))
+            except OSError:
+                return None
+        pool = self.budget_bytes - self.used_bytes - self._estimates[spec]
+        share = max(1, pool // (len(self._kv_sharers()) + 1))
+        return folder_capacity(spec.path, _DTYPE_BYTES.get(spec.dtype, 4), share, ceiling=self._per_model)
 
     def _kv_sharers(self) -> list[_Slot]:
         """Loaded models whose engine takes a KV share, and loading ones that will (a transformers engine)."""

@@ -319,3 +319,18 @@ async def test_two_loaded_models_split_the_kv_memory_their_weights_leave_and_an_
         assert engine_a.capacity() == 256 and engine_a._batcher.max_batch == 256
     finally:
         await manager.close()
+
+
+async def test_before_its_first_load_a_model_folder_is_announced_with_the_capacity_its_load_gives(
+        tiny_models, tmp_path):
+    registry = registry_of(tmp_path, tiny_models, ("tiny-a",))
+    per_sequence = 2 * 2 * 2 * 16 * 4 * 512
+    budget = estimate_footprint(registry.resolve("tiny-a")) + 7 * per_sequence + 100
+    manager = MemoryManager(registry, budget_bytes=budget, factory=lambda spec: TransformersEngine(
+        spec.path, spec.id, aliases=spec.aliases, dtype=spec.dtype))
+    try:
+        assert manager.loaded() == [] and manager.capacity() == 7  # from config.json: what gossip says now
+        await manager.load("tiny-a")
+        assert manager.capacity() == 7 and manager._slots["tiny-a"].engine.capacity() == 7
+    finally:
+        await manager.close()
