@@ -14,10 +14,11 @@ request (so no prefix is ever reused), closed-loop clients (bench_vllm.py's `mea
    child process) and (r) a second node started afterwards on the finished folder (what a restart
    sees), both up at once, 1 stream, order f r r f: (f)/(r) ratios. Before the conversion moved to
    a child process, (f) decoded at about half the speed of (r) for the life of the process.
-3. prefill: 4 short streams decoding when a ~2000-token prompt arrives, on one `ContinuousBatcher`
+3. prefill: 4 short streams decoding when a 2000-token prompt arrives, on one `ContinuousBatcher`
    with chunked prefill (256 tokens per round) and with it off (the whole prompt in one round), and
-   the same 4 streams with no long prompt (the baseline): the short streams' inter-token p99 and
-   worst gap, as ratios to the baseline.
+   the same 4 streams with no long prompt (the baseline), 3 rounds each in alternating order: the
+   short streams' inter-token p50/p99 and their stall (the longest gap while the long prompt was
+   prefilled, median of the rounds), as ratios to the baseline and chunked on / off.
 4. vllm: vLLM's OpenAI server (cpu-vllm, bench_vllm.py's settings) at 16 streams, the issue's bar
    for (b) at 16 streams. Skipped when vllm is not installed.
 
@@ -54,6 +55,7 @@ REQUESTS = {1: 2, 4: 4, 16: 16, 32: 32}  # per run; each system runs twice per l
 ENGINE, NODE = "(a) transformers engine in-process", "(b) cynode node (HTTP, cpu-transformers)"
 FIRST, RESTART = "(f) node, first start (converted)", "(r) node, restart (folder there)"
 VLLM = "(c) vLLM OpenAI server (cpu-vllm)"
+LONG_PROMPT, PREFILL_CHUNK = 2000, 256  # the engine's own chunk (ContinuousBatcher's default)
 
 
 def node(workdir: Path, models_dir: Path) -> CynodeProcess:
@@ -113,7 +115,7 @@ async def node_capacity(session, process: CynodeProcess):
     return next((m["meta"].get("capacity") for m in members if "capacity" in m.get("meta", {})), None)
 
 
-async def first_start_section(tmp: Path, session) -> list[Row]:
+async def first_start_section(tmp: Path, session, repeat: int = 1) -> list[Row]:
     fresh = tmp / "fresh-models"  # empty: the first node converts the GGUF as it starts
     first, again = node(tmp / "first", fresh), node(tmp / "restart", fresh)
     rows: list[Row] = []
@@ -127,15 +129,33 @@ async def first_start_section(tmp: Path, session) -> list[Row]:
         systems = {FIRST: openai_stream(session, first.base_url, headers=headers(first)),
                    RESTART: openai_stream(session, again.base_url, headers=headers(again))}
         await warm(systems)
-        await interleaved(systems, [1], rows, 100_000)
+        for n in range(repeat):  # a lone stream's figure is the noisiest: --repeat runs more pairs
+            await interleaved(systems, [1], rows, 100_000 + 1000 * n)
     finally:
         await asyncio.gather(asyncio.to_thread(first.terminate), asyncio.to_thread(again.terminate))
     return rows
 
 
+def merge(rows: list[Row]) -> list[Row]:
+    """Rows of the same system and level summed into one."""
+    out: dict[tuple[str, int], Row] = {}
+    for row in rows:
+        into = out.setdefault((row.system, row.concurrency), Row(row.system, row.concurrency))
+        into.requests, into.tokens, into.seconds = into.requests + row.requests, into.tokens + row.tokens, \
+            into.seconds + row.seconds
+        into.ttfts += row.ttfts
+        into.gaps += row.gaps
+        into.load += row.load
+        for k, v in row.finish.items():
+            into.finish[k] = into.finish.get(k, 0) + v
+    return list(out.values())
+
+
 # chunked prefill -------------------------------------------------------------------------------
 
-def prefill_section(models_dir: Path) -> list[tuple[str, list[float]]]:
+def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[float], list[float]]]:
+    """Per case: every inter-token gap of the 4 short streams, and per round the longest gap they saw
+    while the long prompt was being prefilled (from its arrival to its first token)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,19 +171,19 @@ def prefill_section(models_dir: Path) -> list[tuple[str, list[float]]]:
         out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    long_ids = encode("Summarise this. " + "The quick brown fox jumps over the lazy dog. " * 200)[:2000]
+    long_ids = encode("Summarise this. " + "The quick brown fox jumps over the lazy dog. " * 200)[:LONG_PROMPT]
 
-    def one(prefill_tokens: int, with_long: bool, round_: int) -> list[float]:
+    def one(prefill_tokens: int, with_long: bool, round_: int) -> tuple[list[float], float]:
         batcher = ContinuousBatcher(model, eos_ids=(), max_batch=5, prefill_tokens=prefill_tokens)
         batcher.start()
-        times: list[list[float]] = [[] for _ in range(4)]
+        times: list[list[float]] = [[] for _ in range(5)]
         done = [threading.Event() for _ in range(5)]
 
         def sink(i: int):
             def put(kind: str, payload: object) -> None:
-                if kind == "tokens" and i < 4:
+                if kind == "tokens":
                     times[i].append(time.perf_counter())
-                elif kind != "tokens":
+                else:
                     done[i].set()
             return put
 
@@ -172,8 +192,9 @@ def prefill_section(models_dir: Path) -> list[tuple[str, list[float]]]:
                 ids = encode(prompts(1, 200_000 + 10 * round_ + i)[0])
                 batcher.submit(Sequence(f"s{i}", ids, MAX_TOKENS, TokenSampler(SamplingParams(temperature=0.0), ids),
                                         sink(i)))
-            while min(map(len, times)) < 8:  # the short streams are decoding
+            while min(map(len, times[:4])) < 8:  # the short streams are decoding
                 time.sleep(0.005)
+            arrived = time.perf_counter()
             if with_long:
                 batcher.submit(Sequence("long", long_ids, 4, TokenSampler(SamplingParams(temperature=0.0), long_ids),
                                         sink(4)))
@@ -183,16 +204,22 @@ def prefill_section(models_dir: Path) -> list[tuple[str, list[float]]]:
                 event.wait(600)
         finally:
             batcher.close()
-        return [b - a for ts in times for a, b in zip(ts, ts[1:])]
+        gaps = [(a, b - a) for ts in times[:4] for a, b in zip(ts, ts[1:])]
+        # The window: from the long prompt's arrival to its first token (or, alone, as long as the
+        # 16 next tokens take): the longest gap a short stream saw in it.
+        until = times[4][0] if times[4] else arrived + sum(g for _, g in gaps[8:24])
+        stall = max((g for a, g in gaps if a + g >= arrived and a <= until), default=0.0)
+        return [g for _, g in gaps], stall
 
-    one(256, False, -1)  # warm-up
-    runs = {"no long prompt (baseline)": [], "long prompt, chunked prefill (256)": [],
-            "long prompt, chunked prefill off": []}
-    for round_ in range(2):
-        order = list(runs) if round_ == 0 else list(runs)[::-1]
-        for name in order:
-            runs[name] += one(1 << 20 if name.endswith("off") else 256, not name.startswith("no"), round_)
-    return list(runs.items())
+    one(PREFILL_CHUNK, False, -1)  # warm-up
+    cases = ("no long prompt (baseline)", f"long prompt, chunked prefill ({PREFILL_CHUNK})", "long prompt, chunked prefill off")
+    runs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
+    for round_ in range(rounds):
+        for name in (cases if round_ % 2 == 0 else cases[::-1]):
+            gaps, stall = one(1 << 20 if name.endswith("off") else PREFILL_CHUNK, not name.startswith("no"), round_)
+            runs[name][0].extend(gaps)
+            runs[name][1].append(stall)
+    return [(name, gaps, stalls) for name, (gaps, stalls) in runs.items()]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -200,15 +227,19 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def print_prefill(results: list[tuple[str, list[float]]]) -> None:
-    print("\nchunked prefill: 4 short streams decoding while a 2000-token prompt arrives (in-process batcher)")
-    print(f"{'case':<40}{'ITL p50 ms':>12}{'ITL p99 ms':>12}{'worst gap ms':>14}{'p99 / base':>12}")
-    base = quantile(results[0][1], 0.99)
-    for name, gaps in results:
+def print_prefill(results: list[tuple[str, list[float], list[float]]]) -> None:
+    print(f"\nchunked prefill: 4 short streams decoding when a {LONG_PROMPT}-token prompt arrives (in-process batcher, "
+          f"{len(results[0][2])} rounds); stall = the longest gap a short stream saw while the long prompt was "
+          f"prefilled, median of the rounds")
+    print(f"{'case':<40}{'ITL p50 ms':>12}{'ITL p99 ms':>12}{'stall ms':>10}{'ITL p99 / base':>16}{'stall / base':>14}")
+    base_p99, base_stall = quantile(results[0][1], 0.99), quantile(results[0][2], 0.5)
+    for name, gaps, stalls in results:
         print(f"{name:<40}{1000 * quantile(gaps, 0.5):>12.1f}{1000 * quantile(gaps, 0.99):>12.1f}"
-              f"{1000 * max(gaps):>14.1f}{quantile(gaps, 0.99) / base:>12.2f}")
-    on, off = quantile(results[1][1], 0.99), quantile(results[2][1], 0.99)
-    print(f"ratio ITL p99 chunked on / off: {on / off:.3f}   worst gap on / off: {max(results[1][1]) / max(results[2][1]):.3f}")
+              f"{1000 * quantile(stalls, 0.5):>10.0f}{quantile(gaps, 0.99) / base_p99:>16.2f}"
+              f"{quantile(stalls, 0.5) / base_stall:>14.2f}")
+    (_, on, on_stalls), (_, off, off_stalls) = results[1], results[2]
+    print(f"ratio chunked on / off: ITL p99 {quantile(on, 0.99) / quantile(off, 0.99):.3f}, "
+          f"stall {quantile(on_stalls, 0.5) / quantile(off_stalls, 0.5):.3f}")
 
 
 # vLLM ------------------------------------------------------------------------------------------
@@ -232,7 +263,7 @@ async def run(args, tmp: Path) -> dict:
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
         if "first-start" in args.only:
             print("first start vs restart ...", flush=True)
-            out["first"] = await first_start_section(tmp, session)
+            out["first"] = merge(await first_start_section(tmp, session, args.repeat))
         if "stack" in args.only:
             print("engine in-process vs node ...", flush=True)
             out["stack"], out["facts"] = await stack_section(sorted(args.levels), args.models_dir, tmp, session)
@@ -254,6 +285,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=["stack", "first-start", "prefill", "vllm"],
                         choices=["stack", "first-start", "prefill", "vllm"])
     parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of first-start/restart runs (f r r f each)")
     parser.add_argument("--models-dir", type=Path, default=REPO / ".test-cache" / "models")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
