@@ -106,6 +106,19 @@ class InferenceEngine(abc.ABC):
         max_concurrency`, when set, is a ceiling on it) and publishes it in gossip."""
         return None
 
+    def set_kv_budget(self, budget_bytes: int) -> bool:
+        """Give the engine's KV cache `budget_bytes` from now on (the worker splits its memory budget
+        between the models it has loaded and calls this when that split changes); `capacity()`
+        follows. Running requests are not dropped: an engine over its new budget preempts, as it does
+        under memory pressure. False when the engine sizes its cache itself (vLLM pre-allocates its
+        own; the sim engine has none), so it takes no share of the budget."""
+        return False
+
+    def own_kv_bytes(self) -> int:
+        """Bytes of KV cache an engine that sizes its own (see set_kv_budget) holds outside any
+        share, e.g. vLLM's pre-allocated CPU cache; the worker counts them in the model's footprint."""
+        return 0
+
     @abc.abstractmethod
     def health(self) -> EngineHealth:
         """Readiness and load, cheap enough to call on every health check."""

@@ -6,9 +6,10 @@ spend at most `prefill_tokens` prompt tokens on prefills; then one decode step f
 
 Prefill is chunked: a prompt longer than the round's budget is prefilled over several rounds, into a
 cache of its own, and the running streams get a decode step between every two chunks, so a long new
-prompt costs them about one chunk per token instead of its whole prefill. Several short prompts
-share a round's budget. When the last chunk is in, the first token is sampled and streamed, and the
-K/V joins the `RaggedKVCache`. Each decode step is one forward for all rows: one token per row, each
+prompt costs them about one chunk per token instead of its whole prefill. Prompts that arrive
+together and fit one round's budget are prefilled in one forward, packed end to end with a mask that
+keeps each to its own tokens (`_prefill_packed`), so N new streams cost one prefill, not N. When
+the last chunk is in, the first token is sampled and streamed, and the K/V joins the `RaggedKVCache`. Each decode step is one forward for all rows: one token per row, each
 at its own position, with a mask that shows each row only its own tokens. So N streams cost one step
 per token, not N, and a sequence's greedy output in a batch equals its output alone.
 
@@ -27,11 +28,13 @@ the batch before the next step, so an abort costs at most the step already runni
 
 LoRA adapters: each sequence may name one (`Sequence.adapter`); when the model is a PEFT model the
 forward gets `adapter_names`, one per row ("__base__" for none), so rows of different adapters and of
-the base model share one decode step (PEFT applies each adapter to its own rows only). Adapters are
-added and removed by jobs (`run_in_thread`) that the thread runs between two rounds, never during a
-forward.
+the base model share one decode step (PEFT applies each adapter to its own rows only). Prompts are
+packed into one prefill forward only with prompts of the same adapter (a packed forward is one row).
+Adapters are added and removed by jobs (`run_in_thread`) that the thread runs between two rounds,
+never during a forward.
 
-`trace`, when set to a list, receives ("prefill", request_id, tokens), ("decode", rows) and
+`trace`, when set to a list, receives ("prefill", request_id, tokens), ("prefill-packed",
+[request_ids], tokens) before the "prefill" of each prompt it packed, ("decode", rows) and
 ("preempt", request_id) in the order the thread ran them (tests count interleaving with it).
 """
 
@@ -105,6 +108,7 @@ class ContinuousBatcher:
         self.steps = 0  # decode steps run (for tests and metrics)
         self.largest_batch = 0  # the most rows one decode step ever held
         self.preemptions = 0  # sequences preempted to keep the cache under kv_tokens
+        self.packed_prefills = 0  # forwards that prefilled several whole prompts at once
         self.trace: list | None = None
 
     # any thread ----------------------------------------------------------------------------------
@@ -140,6 +144,16 @@ class ContinuousBatcher:
                 self._waiting.remove(seq)
             except ValueError:
                 pass
+            self._cond.notify()
+
+    def resize(self, max_batch: int, kv_tokens: int | None) -> None:
+        """New limits from the next round on: more places and room admit more at once; less room
+        preempts the newest running sequences before the next decode step (nobody is dropped)."""
+        if max_batch < 1 or (kv_tokens is not None and kv_tokens < 1):
+            raise ValueError("need max_batch >= 1 and kv_tokens >= 1 (or None)")
+        with self._cond:
+            self.max_batch, self.kv_tokens = max_batch, kv_tokens
+            self._cache.max_rows, self._cache.max_tokens = max(max_batch, self._cache.rows), kv_tokens
             self._cond.notify()
 
     @property
@@ -235,37 +249,107 @@ class ContinuousBatcher:
         return len(self._running) * (self._cache.width + 1) + sum(s.fed for s in self._prefilling)
 
     def _prefill_round(self) -> None:
-        """One chunk of prefill work: `prefill_tokens` prompt tokens over the prefills, oldest first."""
+        """One chunk of prefill work: `prefill_tokens` prompt tokens over the prefills, oldest first.
+
+        Prompts that start and finish within this round (they arrived together and fit the budget)
+        are packed into one forward; a prompt continued from an earlier round, or too long to end in
+        this one, runs its chunk alone on its own cache.
+        """
         budget = self.prefill_tokens
+        whole: list[Sequence] = []
+        pieces: list[tuple[Sequence, int]] = []
         for seq in list(self._prefilling):
             if budget <= 0:
                 break
             if seq.cancelled:
                 continue  # dropped at the next round
-            n = min(budget, len(seq.feed) - seq.fed)
+            left = len(seq.feed) - seq.fed
+            n = min(budget, left)
             budget -= n
+            if seq.fed == 0 and n == left:
+                whole.append(seq)
+            else:
+                pieces.append((seq, n))
+        by_adapter: dict[str | None, list[Sequence]] = {}
+        for seq in whole:
+            by_adapter.setdefault(seq.adapter, []).append(seq)
+        for group in by_adapter.values():
+            if len(group) > 1:
+                self._prefill_packed(group)
+            else:
+                pieces.insert(0, (group[0], len(group[0].feed)))
+        for seq, n in pieces:
+            self._prefill_chunk(seq, n)
+
+    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+        """The next `n` prompt tokens of `seq`, on its own cache; the first token when they were the last."""
+        try:
+            ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1,
+                             **self._adapter_args([seq]))
+            seq.fed += n
+            if self.trace is not None:
+                self.trace.append(("prefill", seq.request_id, n))
+            if seq.fed == len(seq.feed):
+                self._prefilled(seq, [(layer.keys, layer.values) for layer in seq.kv.layers], out.logits[0, -1])
+        except Exception as exc:  # this request fails; the batch goes on
+            self._prefill_failed(seq, exc)
+
+    def _prefill_packed(self, seqs: list[Sequence]) -> None:
+        """Whole prompts of several sequences in one forward: packed end to end in one row, each token
+        seeing only its own prompt (a block-diagonal causal mask) at its own positions, so each
+        sequence's K/V and first token are what a forward of its prompt alone gives.
+
+        Packing instead of padding: no pad token is computed, and no fully masked row can put a NaN
+        in the K/V (see batch_cache.py). If the packed forward fails, each prompt is tried alone, so
+        only a request that fails by itself fails.
+        """
+        lengths = [len(seq.feed) for seq in seqs]
+        starts = [sum(lengths[:i]) for i in range(len(seqs))]
+        try:
+            dev = self.device
+            ids = torch.tensor([[t for seq in seqs for t in seq.feed]], dtype=torch.long, device=dev)
+            positions = torch.cat([torch.arange(n, device=dev) for n in lengths])
+            segment = torch.repeat_interleave(torch.arange(len(seqs), device=dev), torch.tensor(lengths, device=dev))
+            mask = (segment[:, None] == segment[None, :]) & (positions[:, None] >= positions[None, :])
+            last = torch.tensor([a + n - 1 for a, n in zip(starts, lengths)], dtype=torch.long, device=dev)
+            kv = DynamicCache()
+            out = self.model(input_ids=ids, attention_mask=mask[None, None], position_ids=positions[None],
+                             past_key_values=kv, use_cache=True, logits_to_keep=last, **self._adapter_args(seqs[:1]))
+        except Exception:
+            log.exception("packed prefill of %d prompts failed; prefilling them one at a time", len(seqs))
+            for seq in seqs:
+                self._prefill_chunk(seq, len(seq.feed))
+            return
+        self.packed_prefills += 1
+        if self.trace is not None:
+            self.trace.append(("prefill-packed", [seq.request_id for seq in seqs], sum(lengths)))
+        for i, (seq, a, n) in enumerate(zip(seqs, starts, lengths)):
+            seq.fed = n
+            if self.trace is not None:
+                self.trace.append(("prefill", seq.request_id, n))
             try:
-                ids = torch.tensor([seq.feed[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=ids, past_key_values=seq.kv, use_cache=True, logits_to_keep=1,
-                                 **self._adapter_args([seq]))
-                seq.fed += n
-                if self.trace is not None:
-                    self.trace.append(("prefill", seq.request_id, n))
-                if seq.fed < len(seq.feed):
-                    continue
-                self._prefilling.remove(seq)
-                kv, seq.kv, seq.feed = seq.kv, None, []
-                token = seq.sampler.pick(out.logits[0, -1])
-                if not self._emit(seq, token):
-                    self._cache.add([(layer.keys, layer.values) for layer in kv.layers])
-                    self._running.append(seq)
-            except Exception as exc:  # this request fails; the batch goes on
-                log.exception("prefill of request %s failed", seq.request_id)
-                if seq in self._prefilling:
-                    self._prefilling.remove(seq)
-                seq.kv = None
-                self._forget(seq)
-                seq.sink("error", exc)
+                self._prefilled(seq, [(layer.keys[:, :, a:a + n], layer.values[:, :, a:a + n]) for layer in kv.layers],
+                                out.logits[0, i])
+            except Exception as exc:
+                self._prefill_failed(seq, exc)
+
+    def _prefilled(self, seq: Sequence, kv: list[tuple[torch.Tensor, torch.Tensor]], logits: torch.Tensor) -> None:
+        """`seq`'s prompt is in: sample its first token and, unless that ended it, give it a row."""
+        self._prefilling.remove(seq)
+        seq.kv, seq.feed = None, []
+        token = seq.sampler.pick(logits)
+        if not self._emit(seq, token):
+            self._cache.add(kv)
+            self._running.append(seq)
+
+    def _prefill_failed(self, seq: Sequence, exc: Exception) -> None:
+        log.exception("prefill of request %s failed", seq.request_id, exc_info=exc)
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
+        seq.kv = None
+        self._forget(seq)
+        seq.sink("error", exc)
 
     def _make_room(self) -> None:
         """Preempt the newest running sequences until the next decode step fits the KV cap."""

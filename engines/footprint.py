@@ -15,7 +15,7 @@ FIXED_OVERHEAD = 256 * 2**20
 # its first load (it is converted then), so its size is known, not measured.
 BUILTIN_PARAMS = 134_515_008
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8, "int8": 1}
+DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "float64": 8, "int8": 1}
 # Bytes per parameter of common GGUF quantisations, read from the file name ("...Q4_K_M.gguf").
 # An unknown name is taken as 4-bit, the most common and, by assuming the most parameters per byte,
 # the largest estimate.
@@ -34,7 +34,7 @@ def estimate_footprint(spec: ModelSpec) -> int:
     """
     if spec.engine == "sim":
         return 0
-    load_bytes = _DTYPE_BYTES.get(spec.dtype, 4)
+    load_bytes = DTYPE_BYTES.get(spec.dtype, 4)
     if spec.source_kind == "builtin" or spec.path is None:
         return int(BUILTIN_PARAMS * load_bytes) + FIXED_OVERHEAD
     if spec.source_kind == "gguf":
@@ -52,7 +52,7 @@ def _stored_bytes(folder: Path) -> int:
     except (OSError, ValueError):
         return 4
     dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
+    return DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 4)
 
 
 ADAPTER_OVERHEAD = 1 << 20  # PEFT's per-adapter bookkeeping and the layers' dropout/scaling entries

@@ -3,6 +3,9 @@
     per_token = kv_bytes_per_token(model.config, torch.float32)   # 2 × layers × KV heads × head dim × bytes
     capacity  = batch_capacity(budget_bytes, per_token, context_length, ceiling=None)
 
+Before a model is loaded, `folder_capacity` gives the same figure from its folder's config.json, so
+a worker can say what it will admit (in gossip, to the coordinator) before the first request loads it.
+
 A sequence may grow to the model's whole context, so the engine admits as many as fit at that
 worst case: `budget // (per_token × context)`, at least 1, at most MAX_BATCH (vLLM's default
 `max_num_seqs`) and at most the operator's ceiling (`[worker] max_concurrency`). The batcher then
@@ -11,6 +14,10 @@ outgrow it (see batcher.py), so the figure is a promise the engine keeps, not on
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
 MAX_BATCH = 256  # sequences in one decode step at most, as vLLM's default max_num_seqs
 
@@ -30,3 +37,16 @@ def batch_capacity(budget_bytes: int, per_token: int, context_length: int, *, ce
         raise ValueError("need per_token >= 1 and context_length >= 1")
     fits = max(1, int(budget_bytes) // (per_token * context_length))
     return max(1, min(fits, MAX_BATCH, ceiling or MAX_BATCH))
+
+
+def folder_capacity(folder: Path, itemsize: int, budget_bytes: int, *, ceiling: int | None = None) -> int | None:
+    """`batch_capacity` of the model in `folder` from its config.json alone (nothing loaded); None
+    when the file is missing or does not describe a decoder's attention."""
+    try:
+        raw = json.loads((Path(folder) / "config.json").read_text())
+        text = raw.get("text_config") or raw
+        per_token = kv_bytes_per_token(SimpleNamespace(**text), itemsize)
+        context = int(text["max_position_embeddings"])
+        return batch_capacity(budget_bytes, per_token, context, ceiling=ceiling)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None

@@ -9,11 +9,19 @@ Rules, in the order a request meets them:
   for transformers, what its KV cache fits in memory; for vLLM, its scheduler's limit), under the
   optional ceiling `per_model_concurrency`; later ones queue first in, first out (an
   `AdmissionGate` per model), so `use` blocks while the model is full. Until a model is loaded the
-  limit is provisional: the ceiling, or DEFAULT_CONCURRENCY.
+  limit is provisional: for a transformers model folder, the capacity its config.json gives at the
+  KV share it would get if loaded now (`kv_memory.folder_capacity`); otherwise the ceiling, or
+  DEFAULT_CONCURRENCY.
 - Loading is single-flight: however many requests arrive for a model that is not loaded, one load
   runs and all of them await it. The load is a task of the manager's, shielded from its waiters, so
   one client going away does not cancel the load for the others. A failed load leaves nothing
   behind: every waiter gets the error and the next request tries again.
+- The budget is counted once. Each loaded model's footprint (weights and overhead) is reserved; what
+  is left is the KV memory, split equally between the loaded engines that size their cache by it
+  (`InferenceEngine.set_kv_budget`: transformers; vLLM sizes its own, whose pre-allocated bytes,
+  `own_kv_bytes`, join its footprint; sim has none). A load shrinks the
+  others' shares as its weights are reserved, an unload gives its share back to the rest, and each
+  model's admission limit follows its engine's capacity at its current share.
 - Before a load the model's footprint is estimated (`estimate_footprint`, or the function passed in).
   If it does not fit the budget next to what is loaded or loading, the least recently used idle
   models (no user inside `use`) are unloaded until it does. A model in use is never evicted: when the
@@ -45,7 +53,8 @@ from dataclasses import dataclass, field
 
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
 from cynode.engines.base import InferenceEngine, ServesAdapters
-from cynode.engines.footprint import adapter_footprint, estimate_footprint
+from cynode.engines.footprint import DTYPE_BYTES, adapter_footprint, estimate_footprint
+from cynode.engines.kv_memory import folder_capacity
 from cynode.engines.lora_serving import verify_published_adapter
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
@@ -79,6 +88,8 @@ class _Slot:
     retired: bool = False  # gone from the registry (or changed): unload once idle
     fingerprint: list = field(default_factory=list)
     adapters: dict[str, _Adapter] = field(default_factory=dict)  # by adapter id; their users count in in_use
+    kv_taker: bool = False  # its engine sizes its KV cache by the share it is given (set_kv_budget)
+    kv_share: int = 0  # bytes of the budget its KV cache may use now
 
 
 class MemoryManager:
@@ -101,6 +112,7 @@ class MemoryManager:
         self._clock = clock
         self._slots: dict[str, _Slot] = {}  # by model id, for the current registry
         self._retiring: list[_Slot] = []  # loaded models that left the registry and still have users
+        self._estimates: dict[ModelSpec, int] = {}  # footprints of models not loaded, for provisional limits
         self._budget_lock = asyncio.Lock()
         self._closed = False
 
@@ -191,7 +203,11 @@ class MemoryManager:
         """Requests this worker generates at once for one model: the largest admission limit of the
         loaded models (before any is loaded, the provisional one). Published in gossip."""
         limits = [s.gate.limit for s in self._all_slots() if s.engine is not None]
-        return max(limits, default=self._per_model or DEFAULT_CONCURRENCY)
+        if limits:
+            return max(limits)
+        # Nothing loaded yet: what the models that can tell from their files will admit.
+        known = [limit for spec in self._registry.specs if (limit := self._estimated_limit(spec)) is not None]
+        return max(known, default=self._per_model or DEFAULT_CONCURRENCY)
 
     def loaded(self) -> list[str]:
         """Ids of the models loaded now (a model retiring after a registry change included)."""
@@ -218,6 +234,7 @@ class MemoryManager:
                 "in_use": in_use, "waiting": slot.waiting if slot else 0,
                 "last_used": slot.last_used if slot and slot.last_used else None,
                 "footprint": slot.footprint if slot and (slot.engine or slot.loading) else None,
+                "kv_budget": slot.kv_share if slot and slot.engine and slot.kv_taker else None,
                 "retiring": False}
 
     def _describe_adapter(self, spec: ModelSpec) -> dict:
@@ -298,7 +315,7 @@ class MemoryManager:
                                status=404, code="model_not_found", param="model")
         slot = self._slots.get(base.id)
         if slot is None:
-            slot = self._slots[base.id] = _Slot(base, AdmissionGate(self._per_model or DEFAULT_CONCURRENCY))
+            slot = self._slots[base.id] = _Slot(base, AdmissionGate(self._provisional_limit(base)))
         return slot, spec
 
     async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
@@ -332,13 +349,17 @@ class MemoryManager:
         async with self._budget_lock:
             await self._make_room(slot, need)
             slot.footprint = need  # reserved: later loads count it
+            self._split_kv()  # the loaded models' KV shares make room for this one's at once
         engine = None
         try:
             log.info("loading model %s (about %s)", spec.id, _size(need))
             engine = await asyncio.to_thread(self._factory, spec)
+            # Sized at start from its share (the split counts this model already), resized by _split_kv.
+            slot.kv_taker = engine.set_kv_budget(self._kv_share())
             await engine.start()
         except BaseException as exc:
-            slot.footprint = 0
+            slot.footprint, slot.kv_taker = 0, False
+            self._split_kv()
             if engine is not None:
                 with contextlib.suppress(Exception):
                     await engine.close()
@@ -346,12 +367,64 @@ class MemoryManager:
                 raise
             raise EngineError(f"model {spec.id}: loading failed: {exc}") from exc
         slot.engine, slot.fingerprint, slot.last_used = engine, fingerprint, self._clock()
-        capacity = engine.capacity()
-        limit = min(capacity, self._per_model or capacity) if capacity else self._per_model or DEFAULT_CONCURRENCY
-        slot.gate.set_limit(limit)
-        log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s)", spec.id, limit,
-                 capacity if capacity else "unknown", self._per_model or "none")
+        if not slot.kv_taker:
+            slot.footprint += engine.own_kv_bytes()  # a cache it sized itself still takes the budget's bytes
+        self._split_kv()
+        self._admit_capacity(slot)
+        log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s, KV cache %s)", spec.id,
+                 slot.gate.limit, engine.capacity() or "unknown", self._per_model or "none",
+                 _size(slot.kv_share) if slot.kv_taker else "its own")
         return engine
+
+    def _admit_capacity(self, slot: _Slot) -> None:
+        """The slot's admission limit: its engine's capacity under the ceiling."""
+        capacity = slot.engine.capacity() if slot.engine is not None else None
+        slot.gate.set_limit(min(capacity, self._per_model or capacity) if capacity
+                            else self._per_model or DEFAULT_CONCURRENCY)
+
+    def _provisional_limit(self, spec: ModelSpec) -> int:
+        """The admission limit of a model not loaded yet: the estimate, or the ceiling or default."""
+        return self._estimated_limit(spec) or self._per_model or DEFAULT_CONCURRENCY
+
+    def _estimated_limit(self, spec: ModelSpec) -> int | None:
+        """What `spec` will admit once loaded, as far as its files say before the load: a
+        transformers model folder at the KV share it would get now; None for anything else."""
+        if spec.engine != "transformers" or spec.source_kind != "folder" or spec.path is None:
+            return None
+        if spec not in self._estimates:
+            try:
+                self._estimates[spec] = int(self._footprint(spec))
+            except OSError:
+                return None
+        pool = self.budget_bytes - self.used_bytes - self._estimates[spec]
+        share = max(1, pool // (len(self._kv_sharers()) + 1))
+        return folder_capacity(spec.path, DTYPE_BYTES.get(spec.dtype, 4), share, ceiling=self._per_model)
+
+    def _kv_sharers(self) -> list[_Slot]:
+        """Loaded models whose engine takes a KV share, and loading ones that will (a transformers engine)."""
+        return [s for s in self._all_slots() if s.footprint and (
+            s.kv_taker if s.engine is not None else s.spec.engine == "transformers")]
+
+    def _kv_share(self) -> int:
+        """What the weights leave of the budget, split equally between the models that share it.
+
+        Every loaded model's weights (and loading one's reservation) are counted once, in its
+        footprint; the rest is the KV memory, and each engine that sizes its cache by the budget gets
+        an equal part, so two models never both count on the same bytes.
+        """
+        pool = self.budget_bytes - sum(s.footprint for s in self._all_slots())
+        return max(1, pool // max(1, len(self._kv_sharers())))
+
+    def _split_kv(self) -> None:
+        """Give every loaded sharer its share now (after a load, an unload, or a reservation)."""
+        share = self._kv_share()
+        for slot in self._kv_sharers():
+            if slot.engine is None or slot.kv_share == share:
+                continue
+            slot.kv_share = share
+            slot.engine.set_kv_budget(share)
+            self._admit_capacity(slot)
+            log.info("model %s: KV cache %s, admits %d at once", slot.spec.id, _size(share), slot.gate.limit)
 
     async def _make_room(self, slot: _Slot, need: int, what: str | None = None) -> None:
         """Evict least recently used idle models until `need` more bytes fit next to what `slot`
@@ -417,6 +490,7 @@ class MemoryManager:
             await self._make_room(slot, need - adapter.footprint, what=f"adapter {spec.id} onto {slot.spec.id}")
             slot.footprint += need - adapter.footprint
             adapter.footprint = need
+            self._split_kv()  # the adapter's weights come out of the KV memory of every model
         try:
             log.info("loading adapter %s into %s (about %s)", spec.id, slot.spec.id, _size(need))
             started = time.monotonic()
@@ -426,6 +500,7 @@ class MemoryManager:
             slot.footprint -= adapter.footprint
             adapter.footprint, adapter.loaded = 0, False
             slot.adapters.pop(spec.id, None)
+            self._split_kv()
             with contextlib.suppress(Exception):
                 await engine.unload_adapter(spec.id)
             if isinstance(exc, CynodeError) or not isinstance(exc, Exception):
@@ -438,6 +513,7 @@ class MemoryManager:
             return
         del slot.adapters[adapter.spec.id]
         slot.footprint -= adapter.footprint
+        self._split_kv()
         if adapter.loaded and slot.engine is not None:
             try:
                 await slot.engine.unload_adapter(adapter.spec.id)
@@ -452,9 +528,10 @@ class MemoryManager:
             if engine is not None:
                 await engine.close()
         finally:
-            slot.footprint = 0
+            slot.footprint, slot.kv_taker, slot.kv_share = 0, False, 0
             if slot.retired and slot in self._retiring:
                 self._retiring.remove(slot)
+            self._split_kv()  # what it held goes to the models still loaded
 
 
 def _same_load(slot: _Slot, new: ModelSpec) -> bool:

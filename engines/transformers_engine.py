@@ -121,11 +121,28 @@ class TransformersEngine(InferenceEngine):
         """Capacity and the KV cap from the model's cache geometry and the memory budget (kv_memory.py)."""
         itemsize = next(self._model.parameters()).dtype.itemsize
         self.kv_bytes_per_token = kv_bytes_per_token(self._model.config, itemsize)
-        budget = self.memory_budget or int(self._platform.free_memory() * KV_SHARE)
+        self._apply_budget(self.memory_budget or int(self._platform.free_memory() * KV_SHARE))
+
+    def _apply_budget(self, budget: int) -> None:
         context = self._context_length or 2048
         self._capacity = batch_capacity(budget, self.kv_bytes_per_token, context, ceiling=self.max_concurrency)
         # Never below one full-context sequence: a request the context admits must be able to finish.
         self.kv_token_budget = max(context, budget // self.kv_bytes_per_token)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the KV cache may grow to (the cap times the bytes per token); 0 before start."""
+        return self.kv_token_budget * self.kv_bytes_per_token
+
+    def set_kv_budget(self, budget_bytes: int) -> bool:
+        """A new share of the worker's memory for the KV cache (see InferenceEngine.set_kv_budget)."""
+        if budget_bytes < 1:
+            raise ValueError("budget_bytes must be >= 1")
+        self.memory_budget = int(budget_bytes)
+        if self._model is not None and self._batcher is not None:
+            self._apply_budget(self.memory_budget)
+            self._batcher.resize(self._capacity, self.kv_token_budget)
+        return True
 
     def _load(self) -> None:
         if not (self.model_dir / "config.json").is_file():

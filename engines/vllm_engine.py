@@ -183,6 +183,10 @@ class VllmEngine(InferenceEngine):
         inside = llm.get_num_unfinished_requests() if llm is not None else 0
         return inside + self._preparing
 
+    def own_kv_bytes(self) -> int:
+        """The KV cache vLLM pre-allocates when told its size (`kv_cache_gib`, the CPU backend)."""
+        return int(self.settings.kv_cache_gib * 2**30) if self.settings.kv_cache_gib else 0
+
     def capacity(self) -> int | None:
         """vLLM's scheduler limit (max_num_seqs, which it chose itself unless a ceiling was given)."""
         if self._llm is None:

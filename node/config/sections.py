@@ -294,7 +294,7 @@ class WorkerSection(Section):
     as the engine batches within memory (transformers: the KV cache that fits the memory budget at the
     model's full context; vLLM: its scheduler's own limit)."""
     memory_budget: ByteSize | None = None
-    """Memory the loaded models may use ("24GiB"); default: 80% of what is available at start."""
+    """Memory the loaded models may use ("24GiB"): their weights, then the rest as KV cache split between the loaded transformers models; default: 80% of what is available at start."""
     idle_unload: Duration = 0.0
     """Unload a model nobody used for this long ("0s": never)."""
     training_dir: LocalPath | None = None

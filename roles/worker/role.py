@@ -168,15 +168,14 @@ class WorkerRole(Role):
     def _make_engine(self, spec: ModelSpec) -> InferenceEngine:
         """MemoryManager's factory (runs in a thread: a GGUF source is converted on first use).
 
-        The engine's KV cache may use what the memory budget has left once this model's weights are
-        reserved (the manager reserves them before calling this); its capacity follows from that.
-        Published fine-tuned adapters never come here: the manager loads them into their base
-        model's engine.
+        The manager gives the engine its share of the memory budget for the KV cache (what the loaded
+        models' weights leave, split between them: MemoryManager._kv_share) before it starts; its
+        capacity follows from that. Published fine-tuned adapters never come here: the manager loads
+        them into their base model's engine.
         """
-        kv_budget = max(1, self._manager.budget_bytes - self._manager.used_bytes)
         return create_engine(self._backend, models_dir=self._ctx.config.models_path, spec=spec,
                              max_concurrency=self._config.max_concurrency, sim=self._config.sim.model_dump(),
-                             memory_budget=kv_budget, lora=self._config.lora.model_dump())
+                             lora=self._config.lora.model_dump())
 
     async def reload(self) -> None:
         """SIGHUP: re-read models.json; new models become servable, removed ones unload once idle."""

@@ -277,19 +277,55 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_a_decode_step_of_the_running_
         assert len(between) == 1 and "running" in between[0][1]
 
 
-def test_short_prompts_arriving_together_share_one_round_of_prefill(make_batcher):
-    batcher = make_batcher(max_batch=4, prefill_tokens=256)
-    batcher.trace = trace = []
-    streams = [Stream(f"s{i}", PROMPTS[i], 3) for i in range(4)]
-    with batcher._cond:  # all four are waiting when the scheduler next looks
+def prefill_forwards(model) -> tuple[list[int], object]:
+    """Count the model's prefill forwards (more than one token per row) and their token counts."""
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[1]) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    return seen, hook
+
+
+def submit_together(batcher: ContinuousBatcher, streams) -> None:
+    with batcher._cond:  # all of them are waiting when the scheduler next looks
         for stream in streams:
             batcher._waiting.append(stream.seq)
         batcher._cond.notify()
-    for stream in streams:
-        stream.wait()
+
+
+def test_short_prompts_arriving_together_are_prefilled_in_one_packed_forward_with_their_output_alone(
+        make_batcher, model):
+    chosen = [PROMPTS[i] for i in (0, 1, 3, 4)]  # 5, 17, 40 and 11 tokens
+    expected = [alone(make_batcher, p, 12) for p in chosen]
+    batcher = make_batcher(max_batch=4, prefill_tokens=256)
+    batcher.trace = trace = []
+    streams = [Stream(f"s{i}", p, 12) for i, p in enumerate(chosen)]
+    forwards, hook = prefill_forwards(model)
+    try:
+        submit_together(batcher, streams)
+        assert [stream.wait() for stream in streams] == expected
+    finally:
+        hook.remove()
+    assert forwards == [5 + 17 + 40 + 11]  # one forward for the four prompts, no padding
+    assert batcher.packed_prefills == 1
+    assert trace[0] == ("prefill-packed", ["s0", "s1", "s2", "s3"], 73)
     first_decode = next(i for i, e in enumerate(trace) if e[0] == "decode")
-    assert sorted(e[1] for e in trace[:first_decode]) == ["s0", "s1", "s2", "s3"]
     assert trace[first_decode] == ("decode", ["s0", "s1", "s2", "s3"])
+
+
+def test_prompts_packed_beside_a_chunked_long_prompt_keep_every_output(make_batcher, model):
+    long_prompt = prompt(70, 300)
+    chosen = [long_prompt, PROMPTS[1], PROMPTS[4], PROMPTS[7]]
+    expected = [alone_with(make_batcher, p, 10, prefill_tokens=128) for p in chosen]
+    batcher = make_batcher(max_batch=4, prefill_tokens=128)
+    batcher.trace = trace = []
+    streams = [Stream(f"s{i}", p, 10) for i, p in enumerate(chosen)]
+    submit_together(batcher, streams)
+    assert [stream.wait() for stream in streams] == expected
+    # The long prompt's first chunk takes the round's budget; the short ones are packed in the next.
+    packed = [e for e in trace if e[0] == "prefill-packed"]
+    assert packed and sorted(packed[0][1]) == ["s1", "s2", "s3"]
+    assert [e[2] for e in trace if e[0] == "prefill" and e[1] == "s0"] == [128, 128, 44]
 
 
 def test_sequences_preempted_under_the_kv_cap_resume_with_their_output_alone(make_batcher):

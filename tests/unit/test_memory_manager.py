@@ -292,3 +292,46 @@ async def test_a_model_removed_from_the_registry_is_unloaded_once_its_last_user_
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_two_loaded_models_split_the_kv_memory_their_weights_leave_and_an_unload_gives_it_back(
+        make_manager, tiny_models, tmp_path):
+    def uncapped(spec: ModelSpec) -> TransformersEngine:  # no ceiling: capacity from the KV share alone
+        return TransformersEngine(spec.path, spec.id, aliases=spec.aliases, dtype=spec.dtype)
+
+    registry = registry_of(tmp_path, tiny_models)
+    weights = estimate_footprint(registry.resolve("tiny-a"))  # tiny-b has the same shape
+    per_sequence = 2 * 2 * 2 * 16 * 4 * 512  # tiny Llama: 2 layers x 2 KV heads x 16 dims, float32, 512 context
+    budget = 2 * weights + 2 * 10 * per_sequence  # both sets of weights, and ten sequences for each model
+    manager = MemoryManager(registry, budget_bytes=budget, factory=uncapped)
+    try:
+        async with manager.use("tiny-a") as (engine_a, _):
+            assert status_of(manager, "tiny-a")["kv_budget"] == budget - weights  # alone: all that is left
+            assert engine_a.capacity() == 256  # MAX_BATCH: far more than ten sequences fit
+            async with manager.use("tiny-b") as (engine_b, _):
+                shares = [status_of(manager, m)["kv_budget"] for m in ("tiny-a", "tiny-b")]
+                assert shares == [10 * per_sequence] * 2  # split, not each counting on the same bytes
+                assert manager.used_bytes + sum(shares) == budget
+                assert engine_a.capacity() == engine_b.capacity() == 10 == manager.capacity()
+                assert (engine_a._batcher.max_batch, engine_a._batcher.kv_tokens) == (10, 10 * 512)
+                assert await complete(engine_a, "tiny-a") and await complete(engine_b, "tiny-b")
+        await manager.unload("tiny-b")
+        assert status_of(manager, "tiny-a")["kv_budget"] == budget - weights
+        assert engine_a.capacity() == 256 and engine_a._batcher.max_batch == 256
+    finally:
+        await manager.close()
+
+
+async def test_before_its_first_load_a_model_folder_is_announced_with_the_capacity_its_load_gives(
+        tiny_models, tmp_path):
+    registry = registry_of(tmp_path, tiny_models, ("tiny-a",))
+    per_sequence = 2 * 2 * 2 * 16 * 4 * 512
+    budget = estimate_footprint(registry.resolve("tiny-a")) + 7 * per_sequence + 100
+    manager = MemoryManager(registry, budget_bytes=budget, factory=lambda spec: TransformersEngine(
+        spec.path, spec.id, aliases=spec.aliases, dtype=spec.dtype))
+    try:
+        assert manager.loaded() == [] and manager.capacity() == 7  # from config.json: what gossip says now
+        await manager.load("tiny-a")
+        assert manager.capacity() == 7 and manager._slots["tiny-a"].engine.capacity() == 7
+    finally:
+        await manager.close()

@@ -124,3 +124,31 @@ async def test_the_engines_capacity_is_its_memory_budget_over_a_full_context_seq
         assert engine._batcher.max_batch == 5 and engine._batcher.kv_tokens == 5 * 8192
     finally:
         await engine.close()
+
+
+@pytest.mark.timeout(900)
+def test_prompts_arriving_together_are_prefilled_in_one_forward_and_answer_as_they_do_one_at_a_time(real):
+    model, tokenizer = real
+    questions = ("What is the capital of France?", "Name three colours.", "Say hello in Spanish.",
+                 "Write a haiku about the sea.")
+    prompts = [ids(tokenizer, q) for q in questions]
+    expected = [alone(model, p, 24) for p in prompts]
+    prefills: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: prefills.append(kw["input_ids"].shape[1]) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    streams = [Stream(f"s{i}", p, 24) for i, p in enumerate(prompts)]
+    batcher = ContinuousBatcher(model, eos_ids=(), max_batch=4)
+    batcher.trace = []
+    with batcher._cond:  # the four arrive together: all are waiting when the scheduler first looks
+        batcher._waiting.extend(s.seq for s in streams)
+    try:
+        batcher.start()
+        for s in streams:
+            s.wait()
+    finally:
+        hook.remove()
+        batcher.close()
+    assert prefills == [sum(map(len, prompts))] and batcher.packed_prefills == 1  # one forward, packed
+    assert [s.tokens for s in streams] == expected
+    assert [tokenizer.decode(s.tokens) for s in streams] == [tokenizer.decode(e) for e in expected]
