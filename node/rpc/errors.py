@@ -134,14 +134,44 @@ async def _abort(context, exc: e.CynodeError, method: str):
     await context.abort(grpc_code(exc), exc.message)
 
 
+class _Undecodable:
+    """What `_tolerant` hands the behaviour in place of a request whose bytes do not parse."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer):
+    """gRPC answers a deserializer's exception with UNKNOWN and logs a traceback for each one, so any
+    peer could fill the log with garbage; the handler refuses it as a RequestError instead."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser of bytes raises
+            return _Undecodable(str(exc)[:200] or type(exc).__name__)
+    return deserialize
+
+
+def _decoded(request, method: str) -> None:
+    if type(request) is _Undecodable:
+        raise e.RequestError(f"{method}: the request is not a valid message ({request.reason})", code="invalid_request")
+
+
 def wrap_handler(method: str, behaviour, streaming: bool, allowed: frozenset[str] = frozenset()):
     """A handler behaviour that turns the CynodeError it raises into the call's status, and that
-    first refuses a caller whose certificate names none of the `allowed` roles (`cynode.rpc.callers`)."""
+    first refuses a caller whose certificate names none of the `allowed` roles (`cynode.rpc.callers`)
+    and a request that did not decode."""
     if streaming:
         @functools.wraps(behaviour)
         async def stream(request, context):
             try:
                 authorize(context, method, allowed)
+                _decoded(request, method)
                 async for item in behaviour(request, context):
                     yield item
             except e.CynodeError as exc:
@@ -152,6 +182,7 @@ def wrap_handler(method: str, behaviour, streaming: bool, allowed: frozenset[str
     async def unary(request, context):
         try:
             authorize(context, method, allowed)
+            _decoded(request, method)
             return await behaviour(request, context)
         except e.CynodeError as exc:
             await _abort(context, exc, method)
@@ -160,7 +191,8 @@ def wrap_handler(method: str, behaviour, streaming: bool, allowed: frozenset[str
 
 def map_handler(method: str, handler: grpc.RpcMethodHandler, allowed: frozenset[str] = frozenset()) -> grpc.RpcMethodHandler:
     """`handler` with its behaviour wrapped by `wrap_handler` (`allowed`: the roles that may call it)."""
-    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    kwargs = dict(request_deserializer=_tolerant(handler.request_deserializer),
+                  response_serializer=handler.response_serializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(wrap_handler(method, handler.unary_unary, False, allowed), **kwargs)
     if handler.unary_stream:

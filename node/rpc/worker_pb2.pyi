@@ -92,8 +92,10 @@ class EmbedReply(_message.Message):
     def __init__(self, data: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("leader_epoch",)
+    LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    leader_epoch: int
+    def __init__(self, leader_epoch: _Optional[int] = ...) -> None: ...
 
 class HealthReply(_message.Message):
     __slots__ = ("ready", "node_id", "backend", "models", "active_requests", "max_concurrency", "detail")

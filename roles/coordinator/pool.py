@@ -88,7 +88,11 @@ class WorkerPool:
         max_failures: int,
         breaker: BreakerSettings = BreakerSettings(),
         clock: Callable[[], float] | None = None,
+        leader_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`leader_epoch`: this coordinator's epoch while it leads, else 0; every health check tells
+        the worker, which then refuses assignments of older leaders (fencing)."""
+        self._leader_epoch = leader_epoch
         self._channel_factory = channel_factory
         self._interval = interval
         self._timeout = timeout
@@ -185,7 +189,7 @@ class WorkerPool:
         stub = worker_pb2_grpc.WorkerStub(worker.channel)
         try:
             with rpc_errors(f"worker {worker.id}"):
-                reply = await stub.Health(worker_pb2.HealthRequest(), timeout=self._timeout)
+                reply = await stub.Health(worker_pb2.HealthRequest(leader_epoch=self._leader_epoch()), timeout=self._timeout)
         except CynodeError as exc:
             self._failed(worker, exc.message)
             return

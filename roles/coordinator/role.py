@@ -40,6 +40,7 @@ class CoordinatorRole(Role):
             interval=self._config.health_check_interval,
             timeout=self._config.health_check_timeout,
             max_failures=self._config.max_retries,
+            leader_epoch=lambda: self._election.epoch if self._election.is_leader else 0,
         )
         for worker in self._config.workers:
             self._pool.add(worker.id, join_host_port(worker.host, worker.port), worker.weight, worker.tags)

@@ -178,7 +178,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if worker is not None and (request.ok or request.worker_fault):
             worker.breaker.record(request.ok)
         self._requests["completed" if request.ok else "failed"].inc()
-        self._metrics.tokens.inc(request.usage.completion_tokens)
+        self._metrics.tokens.inc(max(request.usage.completion_tokens, 0))  # a counter cannot go down
         return coordinator_pb2.CompleteReply(task_state=state)
 
     def _cache_entry(self, request: coordinator_pb2.CompleteRequest) -> bytes:
@@ -187,7 +187,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             return b""
         return CachedResponse(
             deltas=tuple(request.deltas), finish_reason=request.finish_reason, model=request.model,
-            prompt_tokens=request.usage.prompt_tokens, completion_tokens=request.usage.completion_tokens,
+            prompt_tokens=max(request.usage.prompt_tokens, 0), completion_tokens=max(request.usage.completion_tokens, 0),
         ).encode()
 
     async def Cancel(self, request: coordinator_pb2.CancelRequest, context) -> coordinator_pb2.CancelReply:

@@ -16,6 +16,7 @@ from cynode.engines.embedding import SupportsEmbedding
 from cynode.engines.memory_manager import MemoryManager
 from cynode.errors import EngineError, FencedError, RequestError
 from cynode.rpc import common_pb2, worker_pb2, worker_pb2_grpc
+from cynode.peer_auth import peer_identity
 from cynode.rpc.callers import ANY_MEMBER
 from cynode.rpc.convert import logprobs_to_pb, messages_from_pb, sampling_from_pb
 
@@ -40,14 +41,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self._backend = backend
         self._manager = manager
         self._metrics = metrics
-        # Fencing: the highest leader epoch seen; assignments from older leaders are refused.
+        # Fencing: the epoch of the newest leader; assignments from older leaders are refused. Only
+        # a coordinator's health check moves it (its certificate says coordinator): an assignment's
+        # epoch comes through the gateway, and one absurd value there would fence every real one.
         self.highest_epoch = 0
 
     async def Predict(self, request: worker_pb2.PredictRequest, context):
-        if request.epoch < self.highest_epoch:
-            raise FencedError(f"stale assignment: epoch {request.epoch} is older than {self.highest_epoch}, "
-                              "the epoch of the newest leader this worker has seen")
-        self.highest_epoch = request.epoch
+        self._fence(request.epoch)
         started = time.monotonic()
         last = None
         tokens = 0
@@ -114,10 +114,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     self._metrics.tokens_per_second.labels(model).observe(tokens / elapsed)
 
     async def Embed(self, request: worker_pb2.EmbedRequest, context) -> worker_pb2.EmbedReply:
-        if request.epoch < self.highest_epoch:
-            raise FencedError(f"stale assignment: epoch {request.epoch} is older than {self.highest_epoch}, "
-                              "the epoch of the newest leader this worker has seen")
-        self.highest_epoch = request.epoch
+        self._fence(request.epoch)
         started, outcome, model, tokens = time.monotonic(), "cancelled", request.model, 0
         try:
             async with self._manager.use(request.model) as (engine, spec):
@@ -140,7 +137,16 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             self._metrics.latency.labels(model).observe(time.monotonic() - started)
             self._metrics.record_request(model, outcome, tokens)
 
+    def _fence(self, epoch: int) -> None:
+        if epoch < self.highest_epoch:
+            raise FencedError(f"stale assignment: epoch {epoch} is older than {self.highest_epoch}, "
+                              "the epoch of the leading coordinator")
+
     async def Health(self, request: worker_pb2.HealthRequest, context) -> worker_pb2.HealthReply:
+        if request.leader_epoch > self.highest_epoch:
+            peer = peer_identity(context)  # None: the coordinator of this same node, in-process
+            if peer is None or "coordinator" in peer.roles:
+                self.highest_epoch = request.leader_epoch
         return worker_pb2.HealthReply(
             ready=True, node_id=self._node_id, backend=self._backend, models=self.model_infos(),
             active_requests=self.active_requests(), max_concurrency=self._manager.capacity(), detail="ok",

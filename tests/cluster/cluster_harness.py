@@ -23,10 +23,12 @@ class Cluster:
         self.key_file = workdir / "cluster.key"
         ensure_key_file(self.key_file)
         self.nodes: dict[str, CynodeProcess] = {}
+        # node.toml tables every node made from now on gets (e.g. [redis] of a TLS Redis, [gateway] API keys).
+        self.common: dict[str, dict] = {}
 
     def _node(self, name: str, roles: list[str], extra: dict | None = None) -> CynodeProcess:
         config = {"node": {"id": name, "roles": roles}, "cluster": {"name": self.name, "key_file": str(self.key_file)}}
-        for section, values in (extra or {}).items():
+        for section, values in [*self.common.items(), *(extra or {}).items()]:
             config.setdefault(section, {}).update(values)
         node = CynodeProcess(self.workdir / name, redis_url=self.redis_url, models_dir=self.models_dir, extra=config)
         self.nodes[name] = node

@@ -170,3 +170,40 @@ async def test_a_certificate_names_the_node_and_its_roles_and_a_tool_has_none():
         await server.stop(None)
     assert seen[0].node_id == "both-1" and seen[0].roles == {"gateway", "coordinator"}
     assert seen[1].node_id.startswith("client-") and seen[1].roles == frozenset()
+
+
+async def stream_at_epoch(channel, epoch: int) -> str:
+    request = predict()
+    request.epoch = epoch
+    call = worker_pb2_grpc.WorkerStub(channel).Predict(request, timeout=20)
+    return "".join([chunk.text async for chunk in call])
+
+
+async def test_only_the_leading_coordinator_moves_a_workers_fence_not_an_epoch_a_gateway_relays():
+    """Before, one Predict with an absurd epoch fenced every real assignment until the worker restarted."""
+    async with worker_server() as address:
+        async with PeerAuth((KEY,), "gw-1", roles=("gateway",)).channel(address) as gateway, \
+                PeerAuth((KEY,), "coord-1", roles=("coordinator",)).channel(address) as coordinator:
+            assert await stream_at_epoch(gateway, 2**62)  # accepted (a newer leader, perhaps) ...
+            assert await stream_at_epoch(gateway, 1)  # ... but it moved no fence
+            await worker_pb2_grpc.WorkerStub(gateway).Health(worker_pb2.HealthRequest(leader_epoch=9), timeout=20)
+            assert await stream_at_epoch(gateway, 1)  # a gateway cannot announce a leader either
+            await worker_pb2_grpc.WorkerStub(coordinator).Health(worker_pb2.HealthRequest(leader_epoch=5), timeout=20)
+            with pytest.raises(grpc.aio.AioRpcError) as fenced:
+                await stream_at_epoch(gateway, 4)
+            assert fenced.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "stale assignment: epoch 4 is older than 5" in fenced.value.details()
+            assert await stream_at_epoch(gateway, 5)
+
+
+async def test_bytes_that_are_not_a_message_get_invalid_argument_and_no_traceback(caplog):
+    async with worker_server() as address:
+        async with PeerAuth((KEY,), "gw-1", roles=("gateway",)).channel(address) as channel:
+            for path, data in (("/cynode.v1.Worker/Health", b"\xff\xff"), ("/cynode.v1.Worker/Predict", b"\x12\x03\xff\xfe\xfd")):
+                method = channel.unary_stream(path) if path.endswith("Predict") else channel.unary_unary(path)
+                with caplog.at_level(logging.INFO), pytest.raises(grpc.aio.AioRpcError) as refused:
+                    call = method(data, timeout=20)
+                    await (call.read() if path.endswith("Predict") else call)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert f"{path}: the request is not a valid message" in refused.value.details()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
