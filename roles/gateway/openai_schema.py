@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
-from cynode.errors import RequestError
 from cynode.inference import ChatMessage
 from cynode.sampling import MAX_LOGPROBS, RULES, SamplingParams, check_stop, check_value
 
+from .json_input import fail as _fail
+from .json_input import kind_of as _kind
+from .json_input import show as _show
 from .tools_schema import Tooling, parse_tool_calls_field, parse_tooling
 
 __all__ = ["MAX_CHOICES", "MAX_EMBEDDING_INPUTS", "ROLES", "ChatCompletionRequest", "CompletionRequest",
@@ -290,11 +292,12 @@ def _message(item: Any, path: str) -> ChatMessage:
     content = item.get("content")
     if content is None and tool_calls:
         content = ""  # an assistant message that only calls tools
-    return ChatMessage(role=role, content=_content(content, f"{path}.content"), tool_calls=tool_calls,
+    return ChatMessage(role=role, content=content_text(content, f"{path}.content"), tool_calls=tool_calls,
                        tool_call_id=tool_call_id if role == "tool" else "")
 
 
-def _content(value: Any, path: str) -> str:
+def content_text(value: Any, path: str, parts: tuple[str, ...] = ("text",)) -> str:
+    """A message's content: a string, or text content parts (of the types `parts`) joined by newlines."""
     if value is None:
         _fail(f"{path} is required", path, "missing_required_parameter")
     if isinstance(value, str):
@@ -311,9 +314,9 @@ def _content(value: Any, path: str) -> str:
         kind = part.get("type")
         if kind is None:
             _fail(f"{where}.type is required", f"{where}.type", "missing_required_parameter")
-        if kind != "text":
-            _fail(f"{where}.type {_show(kind)} is not supported yet; only 'text' content parts are",
-                  f"{where}.type", "unsupported_value")
+        if kind not in parts:
+            _fail(f"{where}.type {_show(kind)} is not supported; only text content parts "
+                  f"({', '.join(map(repr, parts))}) are", f"{where}.type", "unsupported_value")
         text = part.get("text")
         if not isinstance(text, str):
             _fail(f"{where}.text must be a string; got {_show(text)}", f"{where}.text", "invalid_type")
@@ -400,31 +403,3 @@ def _bool(data: dict[str, Any], name: str, *, default: bool, prefix: str = "") -
     return value
 
 
-def _kind(value: Any) -> str:
-    """The JSON type of a value, as a client would call it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _show(value: Any) -> str:
-    """A short rendering of what the client sent, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    return _kind(value)
-
-
-def _fail(message: str, param: str | None, code: str) -> NoReturn:
-    raise RequestError(message, status=400, param=param, code=code)

@@ -15,7 +15,10 @@ from typing import Any
 from cynode.inference import ChatMessage
 from cynode.sampling import SamplingParams, check_value
 
-from .openai_schema import _bool, _fail, _kind, _load_json, _model, _show, _user
+from .json_input import fail as _fail
+from .json_input import kind_of as _kind
+from .json_input import show as _show
+from .openai_schema import _bool, _load_json, _model, _user, content_text
 
 __all__ = ["MAX_METADATA", "ResponsesRequest", "parse_responses_request"]
 
@@ -103,34 +106,8 @@ def _item(item: Any, path: str) -> ChatMessage:
     if role not in INPUT_ROLES:
         _fail(f"{path}.role must be one of {', '.join(INPUT_ROLES)}; got {_show(role)}", f"{path}.role",
               "invalid_value")
-    return ChatMessage(role=role, content=_content(item.get("content"), f"{path}.content"))
+    return ChatMessage(role=role, content=content_text(item.get("content"), f"{path}.content", TEXT_PARTS))
 
-
-def _content(value: Any, path: str) -> str:
-    if value is None:
-        _fail(f"{path} is required", path, "missing_required_parameter")
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        _fail(f"{path} must be a string or an array of content parts; got {_kind(value)}", path, "invalid_type")
-    if not value:
-        _fail(f"{path} must not be an empty array", path, "empty_array")
-    texts = []
-    for i, part in enumerate(value):
-        where = f"{path}[{i}]"
-        if not isinstance(part, dict):
-            _fail(f"{where} must be a content part object; got {_kind(part)}", where, "invalid_type")
-        kind = part.get("type")
-        if kind is None:
-            _fail(f"{where}.type is required", f"{where}.type", "missing_required_parameter")
-        if kind not in TEXT_PARTS:
-            _fail(f"{where}.type {_show(kind)} is not supported; only text parts ({', '.join(TEXT_PARTS)}) are",
-                  f"{where}.type", "unsupported_value")
-        text = part.get("text")
-        if not isinstance(text, str):
-            _fail(f"{where}.text must be a string; got {_show(text)}", f"{where}.text", "invalid_type")
-        texts.append(text)
-    return "\n".join(texts)  # as chat joins text parts
 
 
 def _metadata(value: Any) -> dict[str, str]:

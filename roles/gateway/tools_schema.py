@@ -20,11 +20,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
-from cynode.errors import RequestError
 from cynode.inference import ToolCall
 from cynode.sampling import Guide
+
+from .json_input import fail as _fail
+from .json_input import kind_of as _kind
+from .json_input import show as _show
 
 __all__ = ["Tooling", "parse_tool_calls_field", "parse_tooling"]
 
@@ -254,25 +257,3 @@ def _nesting(value: Any, path: str) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value) if isinstance(value, (int, float)) else _kind(value)
-
-
-def _fail(message: str, param: str, code: str) -> NoReturn:
-    raise RequestError(message, status=400, param=param, code=code)
