@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta
 from cynode.engines.embedding import Embeddings
+from cynode.engines.platform import HF_LOAD_LOCK
 from cynode.errors import EngineError, RequestError
 
 __all__ = ["EmbeddingEngine"]
@@ -66,9 +67,10 @@ class EmbeddingEngine(InferenceEngine):
         try:
             if self.device_name.startswith("npu"):
                 import torch_npu  # noqa: F401  (registers the "npu" device with torch)
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModel.from_pretrained(folder, local_files_only=True)
-            model.to(torch.device(self.device_name)).eval()
+            with HF_LOAD_LOCK:
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+                model = AutoModel.from_pretrained(folder, local_files_only=True)
+                model.to(torch.device(self.device_name)).eval()
         except Exception as exc:
             raise EngineError(f"model {self.model_id}: loading {folder} on {self.device_name} failed: {exc}") from exc
         self._pooling, self._normalize = _pooling_of(folder)

@@ -17,6 +17,8 @@ process's: its resident memory and its CPU share (what `worker_gpu_memory_used` 
 
 from __future__ import annotations
 
+import threading
+
 import importlib.util
 import os
 
@@ -209,3 +211,11 @@ def _resident_bytes() -> float:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+# transformers builds a model under a process-wide default device ("meta", then the weights are
+# copied in): two loads in two threads at once interleave that state, and both fail with "Cannot
+# copy out of meta tensor" (seen when a worker loaded two models on first use at the same time), the
+# default device staying wrong for every later load. Every Hugging Face load in this process takes
+# this lock.
+HF_LOAD_LOCK = threading.Lock()

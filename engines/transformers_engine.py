@@ -43,7 +43,7 @@ from cynode.engines.detokenizer import DeltaAssembler
 from cynode.engines.base import check_sampling
 from cynode.engines.logprobs import LogprobTracker, sampler_for
 from cynode.engines.kv_memory import batch_capacity, kv_bytes_per_token
-from cynode.engines.platform import device_platform
+from cynode.engines.platform import HF_LOAD_LOCK, device_platform
 from cynode.errors import EngineError, RequestError
 
 
@@ -153,9 +153,10 @@ class TransformersEngine(InferenceEngine):
         hf_logging.disable_progress_bar()  # progress bars would flood the daemon's log
         try:
             device = self._platform.torch_device(self.device_name)
-            tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, local_files_only=True)
-            model.to(device).eval()
+            with HF_LOAD_LOCK:
+                tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, local_files_only=True)
+                model.to(device).eval()
         except Exception as exc:
             raise EngineError(f"model {self.model_id}: loading {self.model_dir} on {self.device_name} failed: {exc}") from exc
         eos = model.generation_config.eos_token_id

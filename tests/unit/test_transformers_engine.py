@@ -359,3 +359,18 @@ async def test_backends_this_host_cannot_run_fail_naming_what_is_missing(tmp_pat
 async def test_an_unknown_backend_name_is_an_error():
     with pytest.raises(EngineError, match="unknown backend"):
         select_backend("tpu-jax")
+
+
+async def test_two_models_loaded_at_the_same_time_both_load_and_answer(builtin_model_dir: Path):
+    """A worker loads two models on first use at once (two threads): transformers' process-wide
+    meta-device state must not interleave between them (it did: "Cannot copy out of meta tensor"
+    for both, and for every later load in that process)."""
+    engines = [TransformersEngine(builtin_model_dir, BUILTIN_MODEL_ID, max_concurrency=1) for _ in range(3)]
+    try:
+        await asyncio.gather(*(e.start() for e in engines))
+        for e in engines:
+            text, _ = await collect(e, chat("What is the capital of France?", max_tokens=8))
+            assert "Paris" in text
+    finally:
+        for e in engines:
+            await e.close()
