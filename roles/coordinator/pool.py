@@ -49,6 +49,7 @@ class WorkerState:
     capacity: int = 1
     leased: int = 0  # assignments made since, not yet completed
     current: float = 0.0  # smooth weighted round-robin accumulator
+    models_rev: str = ""  # the worker's gossiped models revision its last health check answered for
 
     def serves(self, model: str) -> str | None:
         """The canonical id if this worker serves `model` (by id or alias)."""
@@ -102,6 +103,7 @@ class WorkerPool:
         self.workers: dict[str, WorkerState] = {}
         self._checked = asyncio.Event()
         self._closing = BackgroundTasks("worker-pool")
+        self._rechecking: set[str] = set()
 
     def add(self, worker_id: str, address: str, weight: int, tags: Iterable[str] = ()) -> None:
         existing = self.workers.get(worker_id)
@@ -117,6 +119,23 @@ class WorkerPool:
             breaker = CircuitBreaker(self._breaker, self._clock) if self._clock else CircuitBreaker(self._breaker)
             self.workers[worker_id] = WorkerState(worker_id, address, weight, tuple(tags), self._channel_factory(address),
                                                   breaker=breaker)
+
+    def models_changed(self, worker_id: str, revision: str) -> None:
+        """Gossip says the worker's models are now at `revision` (a model or adapter added, removed or
+        republished): check it now rather than at the next interval, so what it just added is routed
+        to within a gossip round, not up to `health_check_interval` later."""
+        worker = self.workers.get(worker_id)
+        if worker is None or not revision or revision == worker.models_rev or worker_id in self._rechecking:
+            return
+        self._rechecking.add(worker_id)
+        self._closing.spawn(self._recheck(worker, revision), f"check {worker_id} for new models")
+
+    async def _recheck(self, worker: WorkerState, revision: str) -> None:
+        try:
+            if await self._check(worker):  # the worker published the revision before gossip carried it
+                worker.models_rev = revision
+        finally:
+            self._rechecking.discard(worker.id)
 
     def remove(self, worker_id: str) -> None:
         """Gossip says the worker is dead or left: it gets nothing more (static workers stay checked)."""
@@ -185,17 +204,18 @@ class WorkerPool:
             self._checked.set()
             await asyncio.sleep(self._interval if self.healthy() else min(self._interval, 1.0))
 
-    async def _check(self, worker: WorkerState) -> None:
+    async def _check(self, worker: WorkerState) -> bool:
+        """One health check; True when the worker answered ready."""
         stub = worker_pb2_grpc.WorkerStub(worker.channel)
         try:
             with rpc_errors(f"worker {worker.id}"):
                 reply = await stub.Health(worker_pb2.HealthRequest(leader_epoch=self._leader_epoch()), timeout=self._timeout)
         except CynodeError as exc:
             self._failed(worker, exc.message)
-            return
+            return False
         if not reply.ready:
             self._failed(worker, f"not ready: {reply.detail}")
-            return
+            return False
         if not worker.healthy:
             log.info("worker %s (%s) is healthy", worker.id, worker.address)
         worker.healthy, worker.failures = True, 0
@@ -203,6 +223,7 @@ class WorkerPool:
         worker.context_lengths = {m.id: m.context_length for m in reply.models}
         worker.versions = {m.id: m.version for m in reply.models}
         worker.active, worker.capacity = reply.active_requests, max(reply.max_concurrency, 1)
+        return True
 
     def _failed(self, worker: WorkerState, reason: str) -> None:
         worker.failures += 1

@@ -121,6 +121,7 @@ class CoordinatorRole(Role):
         address = meta.get("addr", {}).get("worker")
         if "worker" in meta.get("roles", []) and address and str(member.state) in ("alive", "suspect"):
             self._pool.add(member.id, address, int(meta.get("weight", 100)), meta.get("tags", ()))
+            self._pool.models_changed(member.id, str(meta.get("models_rev", "")))
 
     def _leadership_changed(self, leading: bool, epoch: int) -> None:
         self._metrics.is_leader.set(1 if leading else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -110,6 +111,7 @@ class WorkerRole(Role):
         added = sorted(served - self._served_adapters)
         self._served_adapters = served
         self._manager.update_registry(registry)
+        self._publish()  # coordinators check this worker again when its models revision changes
         if added:
             log.info("serving fine-tuned adapter(s) %s", ", ".join(added))
         fresh = [m for m in added if time.time() - float(self._adapters[m].get("created_at") or 0) < WARM_WITHIN_S]
@@ -202,16 +204,26 @@ class WorkerRole(Role):
     async def _publish_forever(self, every: float = 2.0) -> None:
         """Keep this worker's facts in gossip metadata: coordinators find workers there."""
         while True:
-            try:
-                self._ctx.gossip.publish(
-                    models=[s.id for s in self._manager.registry.specs], loaded=self._manager.loaded(),
-                    backend=self._backend, active=self._service.active_requests(),
-                    capacity=self._manager.capacity(), weight=self._config.weight, tags=list(self._config.tags),
-                    free_mem=self._platform.free_memory(),
-                )
-            except Exception:
-                log.exception("publishing worker metadata failed")
+            self._publish()
             await asyncio.sleep(every)
+
+    def _publish(self) -> None:
+        if self._ctx.gossip is None or self._service is None:
+            return
+        registry = self._manager.registry
+        # A change of `models_rev` (a model or adapter added, removed or republished) makes each
+        # coordinator health-check this worker at once, so a new adapter is routed within a gossip round.
+        revision = hashlib.blake2b(repr(sorted((s.id, registry.version_of(s)) for s in registry.specs)).encode(),
+                                   digest_size=8).hexdigest()
+        try:
+            self._ctx.gossip.publish(
+                models=[s.id for s in registry.specs], models_rev=revision, loaded=self._manager.loaded(),
+                backend=self._backend, active=self._service.active_requests(),
+                capacity=self._manager.capacity(), weight=self._config.weight, tags=list(self._config.tags),
+                free_mem=self._platform.free_memory(),
+            )
+        except Exception:
+            log.exception("publishing worker metadata failed")
 
     async def drain(self, timeout: float) -> None:
         # Stops accepting new calls and lets running streams finish until the grace runs out.
