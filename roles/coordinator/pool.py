@@ -31,6 +31,8 @@ from .breaker import BreakerSettings, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
+QUICK_EVERY_S = 0.5  # the health-check period while the pool is quickened (an adapter was just published)
+
 
 @dataclass
 class WorkerState:
@@ -104,6 +106,8 @@ class WorkerPool:
         self._checked = asyncio.Event()
         self._closing = BackgroundTasks("worker-pool")
         self._rechecking: set[str] = set()
+        self._quick_until = 0.0  # checks every QUICK_EVERY_S until then (loop.time())
+        self._wake = asyncio.Event()
 
     def add(self, worker_id: str, address: str, weight: int, tags: Iterable[str] = ()) -> None:
         existing = self.workers.get(worker_id)
@@ -136,6 +140,13 @@ class WorkerPool:
                 worker.models_rev = revision
         finally:
             self._rechecking.discard(worker.id)
+
+    def quicken(self, for_s: float) -> None:
+        """Check every worker each QUICK_EVERY_S for the next `for_s` seconds: something every worker
+        acts on (an adapter published in Redis) just changed, and the pool should see the result
+        within a fraction of a second, with or without gossip (static workers)."""
+        self._quick_until = max(self._quick_until, asyncio.get_running_loop().time() + for_s)
+        self._wake.set()
 
     def remove(self, worker_id: str) -> None:
         """Gossip says the worker is dead or left: it gets nothing more (static workers stay checked)."""
@@ -199,10 +210,17 @@ class WorkerPool:
 
     async def run(self) -> None:
         """Check every worker each interval, until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.gather(*(self._check(w) for w in list(self.workers.values())))
             self._checked.set()
-            await asyncio.sleep(self._interval if self.healthy() else min(self._interval, 1.0))
+            pause = self._interval if self.healthy() else min(self._interval, 1.0)
+            if loop.time() < self._quick_until:
+                pause = min(pause, QUICK_EVERY_S)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
 
     async def _check(self, worker: WorkerState) -> bool:
         """One health check; True when the worker answered ready."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from cynode.config import join_host_port
-from cynode.errors import FencedError, StartupError
+from cynode.errors import CynodeError, FencedError, StartupError
 from cynode.redis_conn import RedisConnection
 from cynode.redis_tls import redis_options
 from cynode.role import Role, RoleContext
@@ -24,6 +25,8 @@ from .task_queue import TaskQueue
 from .training_jobs import TrainingJobs
 
 log = logging.getLogger(__name__)
+
+ADAPTER_QUICK_S = 20.0  # how long workers are checked quickly after an adapter is published
 
 
 class CoordinatorRole(Role):
@@ -98,8 +101,23 @@ class CoordinatorRole(Role):
         self._tasks.spawn(self._election.run(), "leader election")
         self._tasks.spawn(self._dispatcher.run(), "dispatcher")
         self._tasks.spawn(self._training.run(), "fine-tuning jobs")
+        self._tasks.spawn(self._follow_adapters_forever(), "published adapters")
         await self._pool.wait_first_check(self._config.health_check_timeout + 1)
         log.info("coordinator on %s with %d worker(s) known", self._config.listen, len(self._pool.workers))
+
+    async def _follow_adapters_forever(self, every: float = 1.0) -> None:
+        """When an adapter is published, health-check the workers quickly for a while: each serves it
+        within a second or two (roles/worker/role.py), and routing should follow at once, gossip or not."""
+        store, seen = TrainingStore(self._ctx.redis), None
+        while True:
+            try:
+                adapters = await store.adapters()
+                if seen is not None and adapters != seen:
+                    self._pool.quicken(ADAPTER_QUICK_S)
+                seen = adapters
+            except CynodeError as exc:
+                log.debug("published adapters: %s", exc.message)
+            await asyncio.sleep(every)
 
     def _on_member(self, event) -> None:
         if getattr(event, "member", None) is None:
