@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
+import pytest
+
 from fakes import FakeClock
-from cynode.roles.coordinator.pool import WorkerPool
+from cynode.roles.coordinator.pool import QUICK_EVERY_S, WorkerPool
+from cynode.rpc import common_pb2, worker_pb2
 
 
 def pool_with(*workers: tuple[str, int, bool, tuple[str, ...]]) -> WorkerPool:
@@ -83,3 +87,57 @@ def test_the_same_prompt_prefix_goes_to_the_same_worker_unless_it_is_much_busier
     assert {pool.pick("m", prefix="system: you are a pirate")[0].id for _ in range(10)} == {first}
     pool.workers[first].active = 7  # 7/8 busy while the others idle: fall back to round-robin
     assert first not in {pool.pick("m", prefix="system: you are a pirate")[0].id for _ in range(4)}
+
+
+class CountingChannel:
+    """A channel whose every Health call answers ready at once and is counted (with when)."""
+
+    def __init__(self) -> None:
+        self.checks: list[float] = []
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **_):
+        async def call(request, timeout=None):
+            self.checks.append(asyncio.get_running_loop().time())
+            return worker_pb2.HealthReply(ready=True, max_concurrency=4, models=[common_pb2.ModelInfo(id="m")])
+        return call
+
+    unary_stream = unary_unary
+
+
+async def wait_until(predicate, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_quickened_pool_checks_every_half_second_then_goes_back_to_its_interval():
+    channel = CountingChannel()
+    pool = WorkerPool(channel_factory=lambda address: channel, interval=60, timeout=1, max_failures=1)
+    pool.add("w1", "w1:1", 100)
+    runner = asyncio.create_task(pool.run())
+    try:
+        await wait_until(lambda: len(channel.checks) == 1, 5)  # the first round; the next is a minute away
+        pool.quicken(1.2)  # an adapter was published: routing should follow within a fraction of a second
+        await wait_until(lambda: len(channel.checks) >= 3, 5)
+        assert channel.checks[2] - channel.checks[1] == pytest.approx(QUICK_EVERY_S, abs=0.2)
+        await asyncio.sleep(1.5)  # past the quick window: back to the minute
+        settled = len(channel.checks)
+        await asyncio.sleep(0.8)
+        assert len(channel.checks) == settled
+    finally:
+        runner.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_changed_models_revision_checks_that_worker_once_at_once():
+    channel = CountingChannel()
+    pool = WorkerPool(channel_factory=lambda address: channel, interval=60, timeout=1, max_failures=1)
+    pool.add("w1", "w1:1", 100)
+    pool.models_changed("w1", "rev-1")
+    await wait_until(lambda: pool.workers["w1"].models_rev == "rev-1", 5)
+    assert len(channel.checks) == 1 and pool.workers["w1"].serves("m")
+    pool.models_changed("w1", "rev-1")  # the same revision again (gossip repeats itself): nothing to do
+    pool.models_changed("nobody", "rev-9")
+    await asyncio.sleep(0.2)
+    assert len(channel.checks) == 1
