@@ -236,7 +236,7 @@ class CoordinatorSection(Section):
     listen: Address = "0.0.0.0:50050"
     """gRPC address of the coordinator service."""
     health_check_interval: Duration = 10.0
-    """How often each worker's health is checked."""
+    """How often each worker's health is checked (a worker whose models change is checked at once, through gossip)."""
     health_check_timeout: Duration = 5.0
     """How long a health check may take before it counts as failed."""
     max_retries: int = Field(default=3, ge=0)
