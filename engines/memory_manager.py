@@ -37,7 +37,8 @@ Rules, in the order a request meets them:
   budget. Evicting the base model unloads its adapters with it; an adapter that leaves the registry
   is unloaded from the engine once idle, and a new version (new path) replaces the old on next use.
 
-Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
+The slots and the adapter half of these rules live in model_slots.py (`AdapterLoading`, a base
+class of MemoryManager). Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
 that" and the evictions themselves, so two loads never both count on the same freed memory. Model
 work (the factory, engine start and close) runs off the loop in the engines' own threads.
 """
@@ -49,50 +50,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
-from cynode.engines.base import InferenceEngine, ServesAdapters
-from cynode.engines.footprint import DTYPE_BYTES, adapter_footprint, estimate_footprint
+from cynode.engines.base import InferenceEngine
+from cynode.engines.footprint import DTYPE_BYTES, estimate_footprint  # noqa: F401  (importable from here)
 from cynode.engines.kv_memory import folder_capacity
-from cynode.engines.lora_serving import verify_published_adapter
+from cynode.engines.model_slots import AdapterLoading, ModelSlot, same_load, size_text
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
 
 log = logging.getLogger(__name__)
 
-@dataclass(eq=False)
-class _Adapter:
-    """One adapter in its base model's engine."""
-
-    spec: ModelSpec
-    footprint: int = 0  # counted in the base slot's footprint too
-    loaded: bool = False
-    loading: asyncio.Task | None = None
-    in_use: int = 0
-    retired: bool = False  # left the registry: unload once idle
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One model's place on this worker: its engine (when loaded), its users and its queue."""
-
-    spec: ModelSpec
-    gate: AdmissionGate
-    engine: InferenceEngine | None = None
-    loading: asyncio.Task | None = None
-    footprint: int = 0  # reserved while loading, held while loaded
-    in_use: int = 0  # users inside `use`, including those waiting for the load
-    waiting: int = 0  # users queued behind the concurrency limit
-    last_used: float = 0.0
-    retired: bool = False  # gone from the registry (or changed): unload once idle
-    fingerprint: list = field(default_factory=list)
-    adapters: dict[str, _Adapter] = field(default_factory=dict)  # by adapter id; their users count in in_use
-    kv_taker: bool = False  # its engine sizes its KV cache by the share it is given (set_kv_budget)
-    kv_share: int = 0  # bytes of the budget its KV cache may use now
-
-
-class MemoryManager:
+class MemoryManager(AdapterLoading):
     """Loads registry models on demand within `budget_bytes`; see the module docstring for the rules."""
 
     def __init__(self, registry: ModelRegistry, *, budget_bytes: int,
@@ -110,8 +79,8 @@ class MemoryManager:
         self._idle_unload = idle_unload
         self._per_model = per_model_concurrency
         self._clock = clock
-        self._slots: dict[str, _Slot] = {}  # by model id, for the current registry
-        self._retiring: list[_Slot] = []  # loaded models that left the registry and still have users
+        self._slots: dict[str, ModelSlot] = {}  # by model id, for the current registry
+        self._retiring: list[ModelSlot] = []  # loaded models that left the registry and still have users
         self._estimates: dict[ModelSpec, int] = {}  # footprints of models not loaded, for provisional limits
         self._budget_lock = asyncio.Lock()
         self._closed = False
@@ -227,7 +196,7 @@ class MemoryManager:
         out.extend({**self._describe(s.spec, s), "retiring": True} for s in self._retiring)
         return out
 
-    def _describe(self, spec: ModelSpec, slot: _Slot | None) -> dict:
+    def _describe(self, spec: ModelSpec, slot: ModelSlot | None) -> dict:
         # The base's own users: its adapters' users are reported under the adapters' ids.
         in_use = slot.in_use - sum(a.in_use for a in slot.adapters.values()) if slot else 0
         return {"id": spec.id, "loaded": bool(slot and slot.engine), "loading": bool(slot and slot.loading),
@@ -237,15 +206,6 @@ class MemoryManager:
                 "kv_budget": slot.kv_share if slot and slot.engine and slot.kv_taker else None,
                 "retiring": False}
 
-    def _describe_adapter(self, spec: ModelSpec) -> dict:
-        slot = self._slots.get(spec.base)
-        adapter = slot.adapters.get(spec.id) if slot else None
-        loaded = bool(adapter and adapter.loaded and slot.engine is not None)
-        return {"id": spec.id, "loaded": loaded, "loading": bool(adapter and adapter.loading),
-                "in_use": adapter.in_use if adapter else 0, "waiting": 0,
-                "last_used": slot.last_used if loaded and slot.last_used else None,
-                "footprint": adapter.footprint if loaded else None, "retiring": False, "base": spec.base}
-
     # registry changes and idle models ------------------------------------------------------------
 
     def update_registry(self, registry: ModelRegistry) -> None:
@@ -253,7 +213,7 @@ class MemoryManager:
         self._registry = registry
         for model_id, slot in list(self._slots.items()):
             new = registry.resolve(model_id)
-            if new is not None and new.id == model_id and _same_load(slot, new):
+            if new is not None and new.id == model_id and same_load(slot, new):
                 slot.spec = new  # only tags, aliases or sampling defaults changed: keep the engine
                 continue
             del self._slots[model_id]
@@ -300,10 +260,10 @@ class MemoryManager:
 
     # internals ---------------------------------------------------------------------------------
 
-    def _all_slots(self) -> list[_Slot]:
+    def _all_slots(self) -> list[ModelSlot]:
         return [*self._slots.values(), *self._retiring]
 
-    def _slot_of(self, name: str) -> tuple[_Slot, ModelSpec]:
+    def _slot_of(self, name: str) -> tuple[ModelSlot, ModelSpec]:
         """The slot serving `name` (for an adapter, its base model's) and `name`'s own spec."""
         if self._closed:
             raise EngineError("the memory manager is closed (the worker is shutting down)", retryable=True)
@@ -315,10 +275,10 @@ class MemoryManager:
                                status=404, code="model_not_found", param="model")
         slot = self._slots.get(base.id)
         if slot is None:
-            slot = self._slots[base.id] = _Slot(base, AdmissionGate(self._provisional_limit(base)))
+            slot = self._slots[base.id] = ModelSlot(base, AdmissionGate(self._provisional_limit(base)))
         return slot, spec
 
-    async def _ensure_loaded(self, slot: _Slot) -> InferenceEngine:
+    async def _ensure_loaded(self, slot: ModelSlot) -> InferenceEngine:
         if slot.engine is not None:
             return slot.engine
         if slot.loading is None:
@@ -334,12 +294,12 @@ class MemoryManager:
                                   retryable=True) from None
             raise
 
-    def _load_done(self, slot: _Slot, task: asyncio.Task) -> None:
+    def _load_done(self, slot: ModelSlot, task: asyncio.Task) -> None:
         slot.loading = None
         if not task.cancelled() and task.exception() is not None:  # retrieved here: waiters may all be gone
             log.warning("loading model %s failed: %s", slot.spec.id, task.exception())
 
-    async def _load(self, slot: _Slot) -> InferenceEngine:
+    async def _load(self, slot: ModelSlot) -> InferenceEngine:
         spec = slot.spec
         try:
             need = int(await asyncio.to_thread(self._footprint, spec))
@@ -352,7 +312,7 @@ class MemoryManager:
             self._split_kv()  # the loaded models' KV shares make room for this one's at once
         engine = None
         try:
-            log.info("loading model %s (about %s)", spec.id, _size(need))
+            log.info("loading model %s (about %s)", spec.id, size_text(need))
             engine = await asyncio.to_thread(self._factory, spec)
             # Sized at start from its share (the split counts this model already), resized by _split_kv.
             slot.kv_taker = engine.set_kv_budget(self._kv_share())
@@ -373,10 +333,10 @@ class MemoryManager:
         self._admit_capacity(slot)
         log.info("model %s admits %d request(s) at once (engine capacity %s, ceiling %s, KV cache %s)", spec.id,
                  slot.gate.limit, engine.capacity() or "unknown", self._per_model or "none",
-                 _size(slot.kv_share) if slot.kv_taker else "its own")
+                 size_text(slot.kv_share) if slot.kv_taker else "its own")
         return engine
 
-    def _admit_capacity(self, slot: _Slot) -> None:
+    def _admit_capacity(self, slot: ModelSlot) -> None:
         """The slot's admission limit: its engine's capacity under the ceiling."""
         capacity = slot.engine.capacity() if slot.engine is not None else None
         slot.gate.set_limit(min(capacity, self._per_model or capacity) if capacity
@@ -400,7 +360,7 @@ class MemoryManager:
         share = max(1, pool // (len(self._kv_sharers()) + 1))
         return folder_capacity(spec.path, DTYPE_BYTES.get(spec.dtype, 4), share, ceiling=self._per_model)
 
-    def _kv_sharers(self) -> list[_Slot]:
+    def _kv_sharers(self) -> list[ModelSlot]:
         """Loaded models whose engine takes a KV share, and loading ones that will (a transformers engine)."""
         return [s for s in self._all_slots() if s.footprint and (
             s.kv_taker if s.engine is not None else s.spec.engine == "transformers")]
@@ -424,9 +384,9 @@ class MemoryManager:
             slot.kv_share = share
             slot.engine.set_kv_budget(share)
             self._admit_capacity(slot)
-            log.info("model %s: KV cache %s, admits %d at once", slot.spec.id, _size(share), slot.gate.limit)
+            log.info("model %s: KV cache %s, admits %d at once", slot.spec.id, size_text(share), slot.gate.limit)
 
-    async def _make_room(self, slot: _Slot, need: int, what: str | None = None) -> None:
+    async def _make_room(self, slot: ModelSlot, need: int, what: str | None = None) -> None:
         """Evict least recently used idle models until `need` more bytes fit next to what `slot`
         already holds (its adapters grow it). Holds the budget lock."""
         others = [s for s in self._all_slots() if s is not slot and s.footprint]
@@ -443,85 +403,19 @@ class MemoryManager:
             free += victim.footprint
         if need > free:
             busy = [s for s in others if s not in victims]
-            held = ", ".join(f"{s.spec.id} ({_size(s.footprint)}, "
+            held = ", ".join(f"{s.spec.id} ({size_text(s.footprint)}, "
                              f"{'loading' if s.loading else f'{s.in_use} request(s)'})" for s in busy) or "none"
             what = what or f"model {slot.spec.id}"
-            own = f", {slot.spec.id} holds {_size(slot.footprint)}" if slot.footprint else ""
-            raise EngineError(f"not enough memory to load {what}: need {_size(need)}, budget "
-                              f"{_size(self.budget_bytes)}{own}, in use by busy models: {held}",
+            own = f", {slot.spec.id} holds {size_text(slot.footprint)}" if slot.footprint else ""
+            raise EngineError(f"not enough memory to load {what}: need {size_text(need)}, budget "
+                              f"{size_text(self.budget_bytes)}{own}, in use by busy models: {held}",
                               retryable=need + slot.footprint <= self.budget_bytes)
         for victim in victims:
             log.info("evicting idle model %s (last used %.0f s ago) to load %s", victim.spec.id,
                      self._clock() - victim.last_used, slot.spec.id)
             await self._unload_slot(victim)
 
-    async def _ensure_adapter(self, slot: _Slot, spec: ModelSpec) -> _Adapter:
-        """Adapter `spec` loaded (at its current path) in `slot`'s engine; single-flight, shielded."""
-        while True:
-            adapter = slot.adapters.get(spec.id)
-            if adapter is None:
-                adapter = slot.adapters[spec.id] = _Adapter(spec)
-            if adapter.loaded and adapter.spec.path == spec.path:
-                adapter.retired = False
-                return adapter
-            if adapter.loading is None:
-                adapter.loading = asyncio.create_task(self._load_adapter(slot, adapter, spec),
-                                                      name=f"load-adapter-{spec.id}")
-                adapter.loading.add_done_callback(lambda task, a=adapter: self._adapter_done(a, task))
-            await asyncio.shield(adapter.loading)
-
-    def _adapter_done(self, adapter: _Adapter, task: asyncio.Task) -> None:
-        adapter.loading = None
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("loading adapter %s failed: %s", adapter.spec.id, task.exception())
-
-    async def _load_adapter(self, slot: _Slot, adapter: _Adapter, spec: ModelSpec) -> None:
-        engine = slot.engine
-        if not isinstance(engine, ServesAdapters):
-            raise EngineError(f"model {spec.id}: its base model {slot.spec.id} runs on {engine.backend}, whose engine "
-                              "here cannot serve LoRA adapters (for vLLM: set [worker.lora] vllm = true)")
-        try:
-            await asyncio.to_thread(verify_published_adapter, spec.path)
-            need = int(await asyncio.to_thread(adapter_footprint, spec))
-        except OSError as exc:
-            raise EngineError(f"model {spec.id}: cannot read its files: {exc}") from exc
-        async with self._budget_lock:
-            # A new version replaces the old one: only the difference is new.
-            await self._make_room(slot, need - adapter.footprint, what=f"adapter {spec.id} onto {slot.spec.id}")
-            slot.footprint += need - adapter.footprint
-            adapter.footprint = need
-            self._split_kv()  # the adapter's weights come out of the KV memory of every model
-        try:
-            log.info("loading adapter %s into %s (about %s)", spec.id, slot.spec.id, _size(need))
-            started = time.monotonic()
-            await engine.load_adapter(spec.id, spec.path)
-            log.info("adapter %s loaded in %.2f s", spec.id, time.monotonic() - started)
-        except BaseException as exc:
-            slot.footprint -= adapter.footprint
-            adapter.footprint, adapter.loaded = 0, False
-            slot.adapters.pop(spec.id, None)
-            self._split_kv()
-            with contextlib.suppress(Exception):
-                await engine.unload_adapter(spec.id)
-            if isinstance(exc, CynodeError) or not isinstance(exc, Exception):
-                raise
-            raise EngineError(f"model {spec.id}: loading the adapter failed: {exc}") from exc
-        adapter.spec, adapter.loaded, adapter.retired = spec, True, False
-
-    async def _unload_adapter(self, slot: _Slot, adapter: _Adapter) -> None:
-        if slot.adapters.get(adapter.spec.id) is not adapter:
-            return
-        del slot.adapters[adapter.spec.id]
-        slot.footprint -= adapter.footprint
-        self._split_kv()
-        if adapter.loaded and slot.engine is not None:
-            try:
-                await slot.engine.unload_adapter(adapter.spec.id)
-            except CynodeError as exc:
-                log.warning("unloading adapter %s: %s", adapter.spec.id, exc.message)
-        log.info("adapter %s unloaded from %s", adapter.spec.id, slot.spec.id)
-
-    async def _unload_slot(self, slot: _Slot) -> None:
+    async def _unload_slot(self, slot: ModelSlot) -> None:
         engine, slot.engine = slot.engine, None  # new users start a fresh load rather than use a closing engine
         slot.adapters.clear()  # they go with the engine
         try:
@@ -532,15 +426,3 @@ class MemoryManager:
             if slot.retired and slot in self._retiring:
                 self._retiring.remove(slot)
             self._split_kv()  # what it held goes to the models still loaded
-
-
-def _same_load(slot: _Slot, new: ModelSpec) -> bool:
-    """Whether the loaded engine still serves `new`: same source, engine and load settings, same files."""
-    old = slot.spec
-    same = (old.source_kind, old.path, old.engine, old.backend, old.dtype, old.context_length) == \
-           (new.source_kind, new.path, new.engine, new.backend, new.dtype, new.context_length)
-    return same and (slot.engine is None or slot.fingerprint == source_fingerprint(new))
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

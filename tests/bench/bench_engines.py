@@ -56,6 +56,7 @@ ENGINE, NODE = "(a) transformers engine in-process", "(b) cynode node (HTTP, cpu
 FIRST, RESTART = "(f) node, first start (converted)", "(r) node, restart (folder there)"
 VLLM = "(c) vLLM OpenAI server (cpu-vllm)"
 LONG_PROMPT, PREFILL_CHUNK = 2000, 256  # the engine's own chunk (ContinuousBatcher's default)
+ROUND_TIMEOUT = 300  # seconds one prefill round may take before the benchmark gives up on it
 
 
 def node(workdir: Path, models_dir: Path) -> CynodeProcess:
@@ -176,16 +177,30 @@ def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[f
     def one(prefill_tokens: int, with_long: bool, round_: int) -> tuple[list[float], float]:
         batcher = ContinuousBatcher(model, eos_ids=(), max_batch=5, prefill_tokens=prefill_tokens)
         batcher.start()
+        deadline = time.monotonic() + ROUND_TIMEOUT
         times: list[list[float]] = [[] for _ in range(5)]
         done = [threading.Event() for _ in range(5)]
+
+        errors: list[object] = []
 
         def sink(i: int):
             def put(kind: str, payload: object) -> None:
                 if kind == "tokens":
                     times[i].append(time.perf_counter())
                 else:
+                    if kind == "error":
+                        errors.append(payload)
                     done[i].set()
             return put
+
+        def check(what: str) -> None:
+            # A stream that failed, or a round past its deadline, ends the benchmark with the reason
+            # instead of waiting forever (a previous run sat here for good on a loaded host).
+            if errors:
+                raise RuntimeError(f"prefill round {round_}: a stream failed: {errors[0]!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefill round {round_}: {what} took over {ROUND_TIMEOUT} s "
+                                   f"(decode steps so far: {batcher.steps}); is the host overloaded?")
 
         try:
             for i in range(4):
@@ -193,6 +208,9 @@ def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[f
                 batcher.submit(Sequence(f"s{i}", ids, MAX_TOKENS, TokenSampler(SamplingParams(temperature=0.0), ids),
                                         sink(i)))
             while min(map(len, times[:4])) < 8:  # the short streams are decoding
+                check("8 tokens of each short stream")
+                if any(done[i].is_set() for i in range(4)):
+                    raise RuntimeError(f"prefill round {round_}: a short stream ended before its 8th token")
                 time.sleep(0.005)
             arrived = time.perf_counter()
             if with_long:
@@ -201,7 +219,9 @@ def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[f
             else:
                 done[4].set()
             for event in done:
-                event.wait(600)
+                while not event.wait(1.0):
+                    check("the streams' end")
+            check("the streams' end")
         finally:
             batcher.close()
         gaps = [(a, b - a) for ts in times[:4] for a, b in zip(ts, ts[1:])]

@@ -281,6 +281,17 @@ async def test_an_adapter_rank_above_max_lora_rank_is_refused_with_the_fix(engin
         await engine.load_adapter("too-big", big)
 
 
+async def test_the_kv_bytes_the_worker_counts_are_the_cache_vllm_itself_allocated(engine):
+    # What the MemoryManager adds to the model's footprint (own_kv_bytes) is the size vLLM was told
+    # and holds: its KV blocks, from its own config once the engine core has allocated them.
+    cache = engine._llm.vllm_config.cache_config
+    assert engine.own_kv_bytes() == cache.kv_cache_memory_bytes == 1 * GIB
+    per_token = 2 * 30 * 3 * 64 * 4  # SmolLM2-135M, float32: layers x KV heads x head dim, keys and values
+    allocated = cache.num_gpu_blocks * cache.block_size * per_token
+    assert 0.9 * engine.own_kv_bytes() <= allocated <= engine.own_kv_bytes(), (cache.num_gpu_blocks, cache.block_size)
+    assert VllmEngine(engine.model_dir, "m", kv_cache_gib=None).own_kv_bytes() == 0  # vLLM sizes it (CUDA)
+
+
 async def test_engine_arguments_enable_lora_only_when_asked_and_size_the_kv_cache_in_bytes():
     plain = engine_kwargs("/m", "m", VllmSettings(kv_cache_gib=2))
     assert plain["kv_cache_memory_bytes"] == 2 * GIB
