@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 
@@ -75,7 +76,8 @@ async def test_the_fencing_epoch_survives_a_sentinel_failover(group):
 
 
 @pytest.mark.timeout(120)
-async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_is_admitted(group):
+async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_is_admitted(group, caplog):
+    caplog.set_level(logging.DEBUG, logger="cynode.roles.coordinator.leader")
     conn = open_redis(_section(group, wait_timeout="200ms"), f"r-{time.time_ns()}")
     await conn.connect()
     a = LeaderElection(conn, node_id="a", boot_id="1", address="a:1", ttl=2.0)
@@ -97,6 +99,10 @@ async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_i
             for replica in group.replicas:
                 replica.proc.send_signal(signal.SIGCONT)
         assert await _leading(b) > epoch
+        refused = [r for r in caplog.records if "leader lock not taken" in r.getMessage()]
+        assert len(refused) > 1, "b should have tried (and been refused) more than once"
+        assert [r.levelno for r in refused].count(logging.WARNING) == 1, "warn once per episode, not per try"
+        assert any("replicas confirm writes again" in r.getMessage() for r in caplog.records)
     finally:
         for task in running:
             task.cancel()
