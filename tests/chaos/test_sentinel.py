@@ -5,7 +5,8 @@
 - with the replicas unreachable nobody can lead or admit (the write would not survive a failover),
   and the error says so;
 - a cluster of real daemons configured with `[redis] sentinels` keeps serving through kill -9 of
-  the master, with no accepted request lost or run twice.
+  the master, with no accepted request lost or run twice, and its prompt cache (no redis_url of
+  its own) lives on the master the Sentinels name: a repeated request is a hit, its entry there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import signal
 import time
 
+import httpx
 import pytest
 
 from chaos_records import keep
@@ -136,5 +138,14 @@ def test_a_cluster_on_sentinels_serves_through_kill_9_of_the_master(tmp_path, gr
         keep("fault_sentinel_failover", {"summary": summary, "faults": [f.__dict__ for f in faults],
                                          "records": [r.as_dict() for r in records]})
         assert_invariants(verdict, allow_retries=True)
+        body = {"model": model, "messages": [{"role": "user", "content": "cached through Sentinel"}],
+                "max_tokens": 8, "temperature": 0}
+        headers = {"Authorization": f"Bearer {gateway.api_key()}"}
+        seen = [httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+                for _ in range(2)]
+        assert [r.status_code for r in seen] == [200, 200], seen[-1].text
+        assert [r.headers["X-Cache"] for r in seen] == ["miss", "hit"]
+        with group.client() as master:  # the promoted master: the cache followed the failover
+            assert master.zcard(cluster.key("cache", "lru")) >= 1
     finally:
         cluster.stop()
