@@ -45,7 +45,12 @@ class _HiredisPacking(aioredis.Connection):
 
 
 class NotReplicatedError(redis.exceptions.TimeoutError):
-    """A write reached the master but not `wait_replicas` replicas in time: a failover could lose it."""
+    """A write reached the master but not `wait_replicas` replicas in time: a failover could lose it.
+    `replies`: what the commands before the WAIT answered (errors as values)."""
+
+    def __init__(self, message: str, replies: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.replies = replies or []
 
 
 class RedisConnection:
@@ -106,7 +111,7 @@ class RedisConnection:
             raise acked
         if int(acked) < self.wait_replicas:
             raise NotReplicatedError(f"{acked} of {self.wait_replicas} replica(s) confirmed the write within "
-                                     f"{self.wait_timeout_ms} ms ([redis] wait_replicas)")
+                                     f"{self.wait_timeout_ms} ms ([redis] wait_replicas)", replies)
         return replies
 
     def key(self, *parts: str) -> str:

@@ -209,7 +209,7 @@ class PromptCacheSection(Section):
     nondeterministic: bool = False
     """Also cache sampled requests without a seed (they would then always get the same answer)."""
     redis_url: str = ""
-    """A separate Redis for the cache (it wants allkeys-lru, the queue noeviction); default: [redis] url. Reached with [redis]'s username, password_file and TLS files; must be rediss:// when [redis] url is."""
+    """A separate Redis for the cache (it wants allkeys-lru, the queue noeviction); default: [redis] url. Reached with [redis]'s username, password_file and TLS files; must be rediss:// when [redis] url is. Not with [redis] sentinels (the cache then uses the Sentinel-managed master)."""
 
     @field_validator("redis_url")
     @classmethod
@@ -338,6 +338,12 @@ class NodeConfig(Section):
     @model_validator(mode="after")
     def _cache_redis_as_secure_as_redis(self) -> NodeConfig:
         cache_url = self.coordinator.prompt_cache.redis_url
+        if cache_url and self.redis.sentinels:
+            # A url names one server: the cache would sit outside the Sentinels' failover, and a url
+            # cannot name a Sentinel-managed master. Without redis_url the cache uses [redis]'s master.
+            raise ValueError(f"[coordinator.prompt_cache] redis_url {_safe(cache_url)!r} cannot be used with [redis] "
+                             "sentinels (a url names one server, not a Sentinel-managed master); remove it: the cache "
+                             "then lives on the master the Sentinels name")
         if cache_url.startswith("redis://") and self.redis.url.startswith("rediss://"):
             # The cache holds every cached prompt and answer: it must not be the one link in the clear.
             raise ValueError(f"[coordinator.prompt_cache] redis_url {_safe(cache_url)!r} is plaintext while [redis] url "

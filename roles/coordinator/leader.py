@@ -19,7 +19,11 @@ With Sentinels (asynchronous replication) the acquisition counts only once `wait
 have confirmed it (`RedisConnection.durable`: WAIT on the same connection). Sentinel promotes a
 replica, so the promoted master holds every epoch a leader ever acted under, and the next INCR
 there is above all of them: the fencing epoch never goes backwards across a failover. An
-acquisition the replicas did not confirm is given back at once and tried again.
+acquisition the replicas did not confirm is given back at once and tried again; that goes on while
+the master has too few replicas (just after a Sentinel failover, until the other replicas have
+resynchronised with the promoted master: seconds), so it is logged as a warning once per episode,
+each retry at debug, and its end at info. A try that found the lock held by another node wrote
+nothing, and what WAIT said about it does not matter.
 
 Graceful shutdown resigns first (`resign`: stop competing, compare-and-delete the lock), so a
 standby takes over within its poll interval, before the draining node has finished its streams.
@@ -100,6 +104,7 @@ class LeaderElection:
         self._acquire = redis.client.register_script(_ACQUIRE)
         self._renew = redis.client.register_script(_RENEW)
         self._release = redis.client.register_script(_RELEASE)
+        self._unreplicated = 0  # acquisitions given back in a row for want of replicas
 
     @property
     def is_leader(self) -> bool:
@@ -163,11 +168,18 @@ class LeaderElection:
             reply, = await self._redis.durable(lambda pipe: (pipe.scripts.add(self._acquire),
                                                              pipe.evalsha(self._acquire.sha, len(self._keys), *self._keys, *args)))
         except NotReplicatedError as exc:
-            log.warning("leader lock not taken: %s; giving it back", exc)
+            if exc.replies and not isinstance(exc.replies[-1], Exception) and not int(exc.replies[-1]):
+                return 0  # held by another node: nothing was written, so nothing to replicate
+            self._unreplicated += 1
+            (log.warning if self._unreplicated == 1 else log.debug)(
+                "leader lock not taken: %s; giving it back (retrying; logged once until it succeeds)", exc)
             await self._release(keys=[self._keys[0], self._keys[2]], args=[self._holder])
             return 0
         if isinstance(reply, Exception):
             raise reply
+        if self._unreplicated:
+            log.info("replicas confirm writes again (after %d acquisition(s) given back)", self._unreplicated)
+            self._unreplicated = 0
         return int(reply)
 
     async def _standby_pause(self) -> float:

@@ -82,7 +82,7 @@ def recovery_plot(runs: dict[str, dict], out: Path) -> Path | None:
     values = [(name, r) for name, run in runs.items() for r in run["summary"].get("recovery_s", []) if r is not None]
     if not values:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.35 * len(runs)))
+    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.5 + 0.35 * len(runs))))  # room for the labels with one run
     names = sorted({n for n, _ in values})
     ax.scatter([r for _, r in values], [names.index(n) for n, _ in values], s=30)
     ax.set_yticks(range(len(names)), names, fontsize=8)

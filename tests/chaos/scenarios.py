@@ -45,16 +45,36 @@ def targets_of(cluster: ChaosCluster, gateways: list[CynodeProcess] | None = Non
 
 def run(cluster: ChaosCluster, model: str, refs: dict[int, str], inject: Callable[[], list[Fault]], *,
         rate: float = 8.0, before: float = 2.0, after: float = 4.0, seed: int = 1, settle: float = 60.0,
-        gateways: list[CynodeProcess] | None = None, prefix: str = "r") -> tuple[list[Record], Verdict, list[Fault]]:
+        gateways: list[CynodeProcess] | None = None, prefix: str = "r",
+        tasks: Callable[[], list[dict]] | None = None) -> tuple[list[Record], Verdict, list[Fault]]:
     """Open-loop load for `before` s, then `inject()` (returns the faults it made), `after` s more load,
-    then wait for every request and for the queue to settle; judge."""
+    then wait for every request and for the queue to settle; judge against `tasks()` (default: the
+    task records in Redis now; a run longer than their hour in Redis passes `TaskSnapshots`)."""
     load = LoadGenerator(targets_of(cluster, gateways), model, rate=rate, seed=seed, prefix=prefix).start()
     time.sleep(before)  # load before the fault: the baseline (this is the schedule, not a synchronisation)
     faults = inject()
     time.sleep(after)
     records = load.stop()
     wait_for(cluster.settled, settle, "every accepted task to end (nothing pending or in flight)")
-    return records, judge(records, cluster.tasks(), refs, faults), faults
+    return records, judge(records, (tasks or cluster.tasks)(), refs, faults), faults
+
+
+class TaskSnapshots:
+    """Every task record seen in Redis over a long run: finished tasks stay there an hour
+    (`task_queue.DONE_TTL_S`), so a soak longer than that takes a snapshot now and then (`take`,
+    every few minutes) and judges against them all; the latest state of each task wins."""
+
+    def __init__(self, cluster: ChaosCluster) -> None:
+        self._cluster = cluster
+        self._seen: dict[str, dict] = {}
+
+    def take(self) -> None:
+        for task in self._cluster.tasks():
+            self._seen[task["id"]] = task
+
+    def __call__(self) -> list[dict]:
+        self.take()
+        return list(self._seen.values())
 
 
 def assert_invariants(verdict: Verdict, *, allow_retries: bool = False) -> None:

@@ -5,15 +5,18 @@
 - with the replicas unreachable nobody can lead or admit (the write would not survive a failover),
   and the error says so;
 - a cluster of real daemons configured with `[redis] sentinels` keeps serving through kill -9 of
-  the master, with no accepted request lost or run twice.
+  the master, with no accepted request lost or run twice, and its prompt cache (no redis_url of
+  its own) lives on the master the Sentinels name: a repeated request is a hit, its entry there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 
+import httpx
 import pytest
 
 from chaos_records import keep
@@ -75,7 +78,8 @@ async def test_the_fencing_epoch_survives_a_sentinel_failover(group):
 
 
 @pytest.mark.timeout(120)
-async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_is_admitted(group):
+async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_is_admitted(group, caplog):
+    caplog.set_level(logging.DEBUG, logger="cynode.roles.coordinator.leader")
     conn = open_redis(_section(group, wait_timeout="200ms"), f"r-{time.time_ns()}")
     await conn.connect()
     a = LeaderElection(conn, node_id="a", boot_id="1", address="a:1", ttl=2.0)
@@ -97,6 +101,10 @@ async def test_with_its_replicas_unreachable_nobody_takes_the_lead_and_nothing_i
             for replica in group.replicas:
                 replica.proc.send_signal(signal.SIGCONT)
         assert await _leading(b) > epoch
+        refused = [r for r in caplog.records if "leader lock not taken" in r.getMessage()]
+        assert len(refused) > 1, "b should have tried (and been refused) more than once"
+        assert [r.levelno for r in refused].count(logging.WARNING) == 1, "warn once per episode, not per try"
+        assert any("replicas confirm writes again" in r.getMessage() for r in caplog.records)
     finally:
         for task in running:
             task.cancel()
@@ -130,5 +138,14 @@ def test_a_cluster_on_sentinels_serves_through_kill_9_of_the_master(tmp_path, gr
         keep("fault_sentinel_failover", {"summary": summary, "faults": [f.__dict__ for f in faults],
                                          "records": [r.as_dict() for r in records]})
         assert_invariants(verdict, allow_retries=True)
+        body = {"model": model, "messages": [{"role": "user", "content": "cached through Sentinel"}],
+                "max_tokens": 8, "temperature": 0}
+        headers = {"Authorization": f"Bearer {gateway.api_key()}"}
+        seen = [httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+                for _ in range(2)]
+        assert [r.status_code for r in seen] == [200, 200], seen[-1].text
+        assert [r.headers["X-Cache"] for r in seen] == ["miss", "hit"]
+        with group.client() as master:  # the promoted master: the cache followed the failover
+            assert master.zcard(cluster.key("cache", "lru")) >= 1
     finally:
         cluster.stop()

@@ -174,3 +174,23 @@ def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, ""), {})
     with pytest.raises(Exception):
         config.node.id = "other"  # type: ignore[misc]
+
+
+def test_a_separate_cache_redis_is_refused_beside_sentinels_naming_the_field(tmp_path):
+    said = problems(tmp_path, """
+[redis]
+sentinels = ["127.0.0.1:26379"]
+master_name = "cynode"
+[coordinator.prompt_cache]
+redis_url = "redis://10.0.0.9:6379/0"
+""")
+    assert "[coordinator.prompt_cache] redis_url" in said and "sentinels" in said
+
+
+def test_without_a_cache_url_sentinels_load(tmp_path):
+    config = load_config(write(tmp_path, """
+[redis]
+sentinels = ["127.0.0.1:26379"]
+master_name = "cynode"
+"""))
+    assert config.coordinator.prompt_cache.redis_url == "" and config.redis.sentinels
