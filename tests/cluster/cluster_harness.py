@@ -80,7 +80,8 @@ class Cluster:
 
 
 def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, stream: bool = False, timeout: float = 120,
-         cache: bool = True):
+         cache: bool = True, on_first=None):
+    """One chat request; streamed: (text, finish reason, events), calling `on_first` at the first content token."""
     body = {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0,
             "max_tokens": max_tokens, "stream": stream}
     headers = {"Authorization": f"Bearer {gateway.api_key()}", **({} if cache else {"Cache-Control": "no-cache"})}
@@ -89,12 +90,18 @@ def chat(gateway: CynodeProcess, model: str, *, content: str, max_tokens: int, s
     text, finish, events = "", None, []
     with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=timeout) as reply:
         assert reply.status_code == 200, reply.read()
+        # A stream that starts while its request still waits in the coordinator's queue has its
+        # headers sent before the cache is known: no X-Cache then.
+        assert cache or reply.headers.get("X-Cache") in ("miss", None), reply.headers
         for line in reply.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
             events.append(event)
             if event.get("choices"):
-                text += event["choices"][0]["delta"].get("content") or ""
+                delta = event["choices"][0]["delta"].get("content") or ""
+                if delta and not text and on_first is not None:
+                    on_first()
+                text += delta
                 finish = event["choices"][0]["finish_reason"] or finish
     return text, finish, events

@@ -17,7 +17,7 @@ import threading
 import httpx
 import pytest
 
-from cluster_harness import Cluster, wait_for
+from cluster_harness import Cluster, chat, wait_for
 from cynode.engines import BUILTIN_MODEL_ID
 from cynode.engines.memory_manager import estimate_footprint
 from cynode.engines.registry import builtin_spec
@@ -42,9 +42,13 @@ def one_worker(cluster: Cluster, worker_settings: dict):
     return worker, front
 
 
+def prompt(i: int) -> str:
+    return f"Count from {i} to {i + 500}, one number per line."
+
+
 def body(i: int, max_tokens: int) -> dict:
     return {"model": BUILTIN_MODEL_ID, "temperature": 0, "max_tokens": max_tokens, "stream": True,
-            "messages": [{"role": "user", "content": f"Count from {i} to {i + 500}, one number per line."}]}
+            "messages": [{"role": "user", "content": prompt(i)}]}
 
 
 @pytest.mark.timeout(600)
@@ -115,7 +119,8 @@ def test_32_concurrent_requests_to_a_worker_whose_memory_fits_one_run_one_at_a_t
         def on_first() -> None:
             with clock:
                 order.append(i)
-        text, finish, _ = chat_first(front, i, on_first)
+        text, finish, _ = chat(front, BUILTIN_MODEL_ID, content=prompt(i), max_tokens=4, stream=True,
+                                cache=False, timeout=300, on_first=on_first)
         return text, finish
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -134,28 +139,3 @@ def test_32_concurrent_requests_to_a_worker_whose_memory_fits_one_run_one_at_a_t
     assert max(seen_active) == 1, seen_active  # never more than the one the memory fits
     assert order == list(range(STREAMS)), order  # each waited its turn, first come first served
 
-
-def chat_first(front, i: int, on_first):
-    """A streamed request that calls `on_first` when its first content token arrives."""
-    headers = {"Authorization": f"Bearer {front.api_key()}", "Cache-Control": "no-cache"}
-    text, finish, events, first = "", None, [], True
-    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body(i, 4), headers=headers,
-                      timeout=300) as reply:
-        assert reply.status_code == 200, reply.read()
-        # A stream that starts while its request still waits in the coordinator's queue has its
-        # headers sent before the cache is known: no X-Cache then, never "hit" (no-cache, and
-        # every prompt is its own).
-        assert reply.headers.get("X-Cache") in ("miss", None), reply.headers
-        for line in reply.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            events.append(event)
-            if event.get("choices"):
-                delta = event["choices"][0]["delta"].get("content") or ""
-                if delta and first:
-                    first = False
-                    on_first()
-                text += delta
-                finish = event["choices"][0]["finish_reason"] or finish
-    return text, finish, events
