@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +29,31 @@ def chromium_path() -> str:
         if found:
             return found
     raise AssertionError("chromium is not installed (apt-get install chromium): the status page cannot be checked")
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of group `pgid` that still run (zombies, which write nothing, left out)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(entry))
+    return alive
+
+
+async def _end_group(pgid: int, timeout: float = 10.0) -> None:
+    """Kill what is left of chromium's process group and wait until none of it runs."""
+    deadline = time.monotonic() + timeout
+    while alive := _alive_in_group(pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"chromium's helper processes {alive} outlived SIGKILL for {timeout:.0f} s")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        await asyncio.sleep(0.05)
 
 
 class Browser:
@@ -43,7 +71,7 @@ class Browser:
             [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0",
              f"--user-data-dir={self._profile.name}", f"--window-size={self._size[0]},{self._size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -70,6 +98,7 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(10)
+            await _end_group(self._proc.pid)  # its helper processes may still write into the profile
         self._profile.cleanup()
 
     async def send(self, method: str, **params) -> dict:
