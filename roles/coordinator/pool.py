@@ -104,7 +104,7 @@ class WorkerPool:
         self._clock = clock
         self.workers: dict[str, WorkerState] = {}
         self._checked = asyncio.Event()
-        self._closing = BackgroundTasks("worker-pool")
+        self._background = BackgroundTasks("worker-pool")  # channel closes, out-of-turn checks
         self._rechecking: set[str] = set()
         self._quick_until = 0.0  # checks every QUICK_EVERY_S until then (loop.time())
         self._wake = asyncio.Event()
@@ -132,7 +132,7 @@ class WorkerPool:
         if worker is None or not revision or revision == worker.models_rev or worker_id in self._rechecking:
             return
         self._rechecking.add(worker_id)
-        self._closing.spawn(self._recheck(worker, revision), f"check {worker_id} for new models")
+        self._background.spawn(self._recheck(worker, revision), f"check {worker_id} for new models")
 
     async def _recheck(self, worker: WorkerState, revision: str) -> None:
         try:
@@ -156,7 +156,7 @@ class WorkerPool:
 
     def _close_channel(self, worker: WorkerState) -> None:
         if worker.channel is not None:
-            self._closing.spawn(worker.channel.close(), f"close channel to {worker.id}")
+            self._background.spawn(worker.channel.close(), f"close channel to {worker.id}")
 
     def healthy(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.healthy]
@@ -252,7 +252,7 @@ class WorkerPool:
             log.debug("worker %s not healthy yet: %s", worker.id, reason)
 
     async def close(self) -> None:
-        await self._closing.wait(timeout=5.0)
+        await self._background.wait(timeout=5.0)
         for worker in self.workers.values():
             if worker.channel is not None:
                 await worker.channel.close()

@@ -211,11 +211,11 @@ class WorkerRole(Role):
         if self._ctx.gossip is None or self._service is None:
             return
         registry = self._manager.registry
-        # A change of `models_rev` (a model or adapter added, removed or republished) makes each
-        # coordinator health-check this worker at once, so a new adapter is routed within a gossip round.
-        revision = hashlib.blake2b(repr(sorted((s.id, registry.version_of(s)) for s in registry.specs)).encode(),
-                                   digest_size=8).hexdigest()
-        try:
+        try:  # a failure here must not end the loop that keeps this worker in gossip
+            # A change of `models_rev` (a model or adapter added, removed or republished) makes each
+            # coordinator health-check this worker at once, so a new adapter is routed within a gossip round.
+            revision = hashlib.blake2b(repr(sorted((s.id, registry.version_of(s)) for s in registry.specs)).encode(),
+                                       digest_size=8).hexdigest()
             self._ctx.gossip.publish(
                 models=[s.id for s in registry.specs], models_rev=revision, loaded=self._manager.loaded(),
                 backend=self._backend, active=self._service.active_requests(),

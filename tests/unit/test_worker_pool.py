@@ -137,7 +137,7 @@ async def test_a_changed_models_revision_checks_that_worker_once_at_once():
     pool.models_changed("w1", "rev-1")
     await wait_until(lambda: pool.workers["w1"].models_rev == "rev-1", 5)
     assert len(channel.checks) == 1 and pool.workers["w1"].serves("m")
+    await wait_until(lambda: len(pool._background) == 0, 5)
     pool.models_changed("w1", "rev-1")  # the same revision again (gossip repeats itself): nothing to do
     pool.models_changed("nobody", "rev-9")
-    await asyncio.sleep(0.2)
-    assert len(channel.checks) == 1
+    assert len(pool._background) == 0 and len(channel.checks) == 1  # no check was started
