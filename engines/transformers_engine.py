@@ -36,6 +36,7 @@ from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from cynode.engines.attention import use_grouped_attention
 from cynode.engines.base import EngineHealth, GenerationRequest, InferenceEngine, ModelCard, TokenDelta
 from cynode.engines.batcher import ContinuousBatcher, Sequence
 from cynode.engines.chat_prompt import chat_template_args, template_knows_tools
@@ -157,6 +158,7 @@ class TransformersEngine(InferenceEngine):
                 tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
                 model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, local_files_only=True)
                 model.to(device).eval()
+                use_grouped_attention(model)
         except Exception as exc:
             raise EngineError(f"model {self.model_id}: loading {self.model_dir} on {self.device_name} failed: {exc}") from exc
         eos = model.generation_config.eos_token_id

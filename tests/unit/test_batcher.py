@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from cynode.engines.attention import NAME as ATTENTION
 from cynode.engines.base import SamplingParams
 from cynode.engines.batcher import ContinuousBatcher, Sequence
 from cynode.engines.sampling import TokenSampler
@@ -22,12 +23,13 @@ VOCAB = 97
 WAIT = 60.0  # seconds; only a hung scheduler ever gets near this
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["sdpa", ATTENTION])
+def model(request):
+    """Grouped heads (4 on 2), under transformers' attention and under the engine's (attention.py)."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.5, attn_implementation="sdpa")
+                         initializer_range=0.5, attn_implementation=request.param)
     return LlamaForCausalLM(config).eval()
 
 

@@ -14,6 +14,7 @@ from cynode.engines import (
     BUILTIN_ALIASES, BUILTIN_MODEL_ID, ChatMessage, GenerationRequest, Probe, SamplingParams, create_engine,
     select_backend,
 )
+from cynode.engines.attention import NAME as ATTENTION
 from cynode.engines.detokenizer import IncrementalDetokenizer
 from cynode.engines.transformers_engine import TransformersEngine
 from cynode.errors import EngineError, RequestError
@@ -279,6 +280,12 @@ async def test_health_reports_ready_with_one_model_card_carrying_the_context_len
     assert engine.health().ready
     [card] = engine.models()
     assert (card.id, card.backend, card.context_length) == (BUILTIN_MODEL_ID, "cpu-transformers", 8192)
+
+
+async def test_the_loaded_model_attends_through_the_engines_grouped_attention(engine):
+    # SmolLM2 has 9 query heads on 3 K/V heads; the concurrency tests here check its batched output.
+    assert engine._model.config._attn_implementation == ATTENTION
+    assert engine._model.config.num_attention_heads > engine._model.config.num_key_value_heads
 
 
 async def test_the_detokenizer_holds_back_half_a_character_and_the_start_of_a_stop_string(tokenizer):
