@@ -148,7 +148,9 @@ class RaggedKVCache(Cache):
 
     def _rebase(self, rows: int, hi: int) -> None:
         """Copy the live columns into bigger buffers whose write column is `hi`, with room to grow."""
-        row_capacity = min(self.max_rows, max(rows, 2 * self._keys[0].shape[0]))
+        capacity = self._keys[0].shape[0]
+        # Rows double only when they run out: a long prompt joining must not also double the rows.
+        row_capacity = capacity if rows <= capacity else min(self.max_rows, max(rows, 2 * capacity))
         columns = self._columns(row_capacity, hi, hi + max(_MIN_COLUMNS, hi))
         width, old_hi = self.width, self._hi
         old_keys, old_values = self._keys, self._values

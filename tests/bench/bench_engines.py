@@ -160,6 +160,7 @@ def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[f
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cynode.engines.attention import use_grouped_attention
     from cynode.engines.base import SamplingParams
     from cynode.engines.batcher import ContinuousBatcher, Sequence
     from cynode.engines.sampling import TokenSampler
@@ -167,6 +168,7 @@ def prefill_section(models_dir: Path, rounds: int = 3) -> list[tuple[str, list[f
     folder = ensure_builtin_model(models_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    use_grouped_attention(model)  # the attention the engine gives it
 
     def encode(text: str) -> list[int]:
         out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
