@@ -37,8 +37,9 @@ Rules, in the order a request meets them:
   budget. Evicting the base model unloads its adapters with it; an adapter that leaves the registry
   is unloaded from the engine once idle, and a new version (new path) replaces the old on next use.
 
-The slots and the adapter half of these rules live in model_slots.py (`AdapterLoading`, a base
-class of MemoryManager). Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
+The slots and the adapter half of these rules live in model_slots.py (`AdapterLoading`), the KV
+shares and admission limits in kv_share.py (`KVSharing`): both base classes of MemoryManager.
+Everything runs on one event loop; the budget lock serialises the decision "evict these, reserve
 that" and the evictions themselves, so two loads never both count on the same freed memory. Model
 work (the factory, engine start and close) runs off the loop in the engines' own threads.
 """
@@ -54,14 +55,14 @@ from collections.abc import AsyncIterator, Callable
 from cynode.engines.admission import DEFAULT_CONCURRENCY, AdmissionGate
 from cynode.engines.base import InferenceEngine
 from cynode.engines.footprint import DTYPE_BYTES, estimate_footprint  # noqa: F401  (importable from here)
-from cynode.engines.kv_memory import folder_capacity
+from cynode.engines.kv_share import KVSharing
 from cynode.engines.model_slots import AdapterLoading, ModelSlot, same_load, size_text
 from cynode.engines.registry import ModelRegistry, ModelSpec, source_fingerprint
 from cynode.errors import CynodeError, EngineError, RequestError
 
 log = logging.getLogger(__name__)
 
-class MemoryManager(AdapterLoading):
+class MemoryManager(AdapterLoading, KVSharing):
     """Loads registry models on demand within `budget_bytes`; see the module docstring for the rules."""
 
     def __init__(self, registry: ModelRegistry, *, budget_bytes: int,
@@ -335,56 +336,6 @@ class MemoryManager(AdapterLoading):
                  slot.gate.limit, engine.capacity() or "unknown", self._per_model or "none",
                  size_text(slot.kv_share) if slot.kv_taker else "its own")
         return engine
-
-    def _admit_capacity(self, slot: ModelSlot) -> None:
-        """The slot's admission limit: its engine's capacity under the ceiling."""
-        capacity = slot.engine.capacity() if slot.engine is not None else None
-        slot.gate.set_limit(min(capacity, self._per_model or capacity) if capacity
-                            else self._per_model or DEFAULT_CONCURRENCY)
-
-    def _provisional_limit(self, spec: ModelSpec) -> int:
-        """The admission limit of a model not loaded yet: the estimate, or the ceiling or default."""
-        return self._estimated_limit(spec) or self._per_model or DEFAULT_CONCURRENCY
-
-    def _estimated_limit(self, spec: ModelSpec) -> int | None:
-        """What `spec` will admit once loaded, as far as its files say before the load: a
-        transformers model folder at the KV share it would get now; None for anything else."""
-        if spec.engine != "transformers" or spec.source_kind != "folder" or spec.path is None:
-            return None
-        if spec not in self._estimates:
-            try:
-                self._estimates[spec] = int(self._footprint(spec))
-            except OSError:
-                return None
-        pool = self.budget_bytes - self.used_bytes - self._estimates[spec]
-        share = max(1, pool // (len(self._kv_sharers()) + 1))
-        return folder_capacity(spec.path, DTYPE_BYTES.get(spec.dtype, 4), share, ceiling=self._per_model)
-
-    def _kv_sharers(self) -> list[ModelSlot]:
-        """Loaded models whose engine takes a KV share, and loading ones that will (a transformers engine)."""
-        return [s for s in self._all_slots() if s.footprint and (
-            s.kv_taker if s.engine is not None else s.spec.engine == "transformers")]
-
-    def _kv_share(self) -> int:
-        """What the weights leave of the budget, split equally between the models that share it.
-
-        Every loaded model's weights (and loading one's reservation) are counted once, in its
-        footprint; the rest is the KV memory, and each engine that sizes its cache by the budget gets
-        an equal part, so two models never both count on the same bytes.
-        """
-        pool = self.budget_bytes - sum(s.footprint for s in self._all_slots())
-        return max(1, pool // max(1, len(self._kv_sharers())))
-
-    def _split_kv(self) -> None:
-        """Give every loaded sharer its share now (after a load, an unload, or a reservation)."""
-        share = self._kv_share()
-        for slot in self._kv_sharers():
-            if slot.engine is None or slot.kv_share == share:
-                continue
-            slot.kv_share = share
-            slot.engine.set_kv_budget(share)
-            self._admit_capacity(slot)
-            log.info("model %s: KV cache %s, admits %d at once", slot.spec.id, size_text(share), slot.gate.limit)
 
     async def _make_room(self, slot: ModelSlot, need: int, what: str | None = None) -> None:
         """Evict least recently used idle models until `need` more bytes fit next to what `slot`
