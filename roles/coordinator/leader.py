@@ -11,9 +11,10 @@ longer than that (SIGSTOP, a VM stall).
 How long a kill -9 of the leader takes to heal: the lock expires between 3/4 and 1 TTL after the
 kill; standbys sleep until the lock's PTTL says it expires (never longer than a sixth of the TTL,
 plus up to 100 ms of jitter so they don't stampede), so with the default 2 s TTL a standby leads
-1.5-2.2 s after the kill. A scheduling stall of the leader shorter than 2/3 - 1/4 of the TTL (830 ms
-by default) costs no renewal; a longer one makes the leader stop acting, and it takes its own lock
-back (with a new epoch) as soon as it can renew, if nobody else took it meanwhile.
+1.5-2.2 s after the kill. A scheduling stall that delays a renewal by less than 2/3 - 1/4 of the
+TTL (830 ms by default) goes unnoticed; a longer one makes the leader stop acting until it renews:
+under the same epoch while Redis still holds its lock, and once the lock has expired by acquiring
+it again (a new epoch), if nobody else took it meanwhile.
 
 With Sentinels (asynchronous replication) the acquisition counts only once `wait_replicas` replicas
 have confirmed it (`RedisConnection.durable`: WAIT on the same connection). Sentinel promotes a

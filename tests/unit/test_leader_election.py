@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from cynode.leader_record import read_leader
+from cynode.leader_record import lock_key, read_leader
 from cynode.redis_conn import RedisConnection
 from cynode.roles.coordinator.leader import LeaderElection
 from cynode.roles.coordinator.task_queue import FencedError, TaskQueue
@@ -131,5 +131,35 @@ async def test_a_leader_that_stopped_acting_takes_its_own_lock_back_under_a_new_
         other = LeaderElection(conn, node_id="m", boot_id="c", address="b", ttl=30.0)
         await other._try_lock(False, 0.0)
         assert other.epoch == 0, "someone else's lock is never taken"
+    finally:
+        await conn.close()
+
+
+async def test_a_stall_under_two_thirds_less_a_quarter_of_the_ttl_passes_and_a_longer_one_pauses_acting(redis_server):
+    # docs/chaos.md: renewals every TTL/4, acting until 2/3 TTL after a renewal started, so a stall that
+    # delays the next renewal by less than 2/3 - 1/4 TTL (830 ms at 2 s) is never noticed; after a longer
+    # one the leader acts on nothing until it renews, keeping its epoch while Redis still holds its lock,
+    # and once the lock is gone it acquires again under a new epoch.
+    conn = RedisConnection(redis_server.url, f"stall-{id(object())}")
+    now = {"t": 0.0}
+    election = LeaderElection(conn, node_id="n", boot_id="b", address="a", ttl=2.0, clock=lambda: now["t"])
+    try:
+        await election._try_lock(False, now["t"])
+        epoch = election.epoch
+        assert election.is_leader and epoch > 0
+        now["t"] += 0.5 + 0.82  # the renewal due at 0.5 s runs 820 ms late
+        assert election.is_leader
+        await election._try_lock(True, now["t"])
+        assert election.is_leader and election.epoch == epoch
+        now["t"] += 0.5 + 0.84  # 840 ms late: past the deadline, the lock still held in Redis
+        assert not election.is_leader
+        await election._try_lock(True, now["t"])
+        assert election.is_leader and election.epoch == epoch
+        await conn.client.delete(lock_key(conn))  # a stall past the lock's own expiry
+        now["t"] += 0.5
+        await election._try_lock(True, now["t"])
+        assert not election.is_leader
+        await election._try_lock(False, now["t"])
+        assert election.is_leader and election.epoch == epoch + 1
     finally:
         await conn.close()
