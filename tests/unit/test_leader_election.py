@@ -116,14 +116,24 @@ async def test_resign_hands_the_lock_over_within_the_standby_poll_and_stops_comp
             await conn.close()
 
 
-async def test_a_leader_that_stopped_acting_takes_its_own_lock_back_under_a_new_epoch(redis_server):
-    conn = RedisConnection(redis_server.url, f"retake-{id(object())}")
+def on_a_fake_clock(redis_server, cluster: str, ttl: float):
+    """An election whose clock moves only when the test moves `now["t"]`; the test drives `_try_lock`."""
+    conn = RedisConnection(redis_server.url, f"{cluster}-{id(object())}")
     now = {"t": 0.0}
-    election = LeaderElection(conn, node_id="n", boot_id="b", address="a", ttl=30.0, clock=lambda: now["t"])
+    return conn, LeaderElection(conn, node_id="n", boot_id="b", address="a", ttl=ttl, clock=lambda: now["t"]), now
+
+
+async def lead(election: LeaderElection, now: dict) -> int:
+    """Take the free lock now; its epoch."""
+    await election._try_lock(False, now["t"])
+    assert election.is_leader and election.epoch > 0
+    return election.epoch
+
+
+async def test_a_leader_that_stopped_acting_takes_its_own_lock_back_under_a_new_epoch(redis_server):
+    conn, election, now = on_a_fake_clock(redis_server, "retake", ttl=30.0)
     try:
-        await election._try_lock(False, now["t"])
-        first = election.epoch
-        assert election.is_leader and first > 0
+        first = await lead(election, now)
         now["t"] += 25  # a stall past our own deadline: we stop acting, but the lock (30 s) is still ours
         assert not election.is_leader
         await election._try_lock(False, now["t"])
@@ -140,13 +150,9 @@ async def test_a_stall_under_two_thirds_less_a_quarter_of_the_ttl_passes_and_a_l
     # delays the next renewal by less than 2/3 - 1/4 TTL (830 ms at 2 s) is never noticed; after a longer
     # one the leader acts on nothing until it renews, keeping its epoch while Redis still holds its lock,
     # and once the lock is gone it acquires again under a new epoch.
-    conn = RedisConnection(redis_server.url, f"stall-{id(object())}")
-    now = {"t": 0.0}
-    election = LeaderElection(conn, node_id="n", boot_id="b", address="a", ttl=2.0, clock=lambda: now["t"])
+    conn, election, now = on_a_fake_clock(redis_server, "stall", ttl=2.0)
     try:
-        await election._try_lock(False, now["t"])
-        epoch = election.epoch
-        assert election.is_leader and epoch > 0
+        epoch = await lead(election, now)
         now["t"] += 0.5 + 0.82  # the renewal due at 0.5 s runs 820 ms late
         assert election.is_leader
         await election._try_lock(True, now["t"])
