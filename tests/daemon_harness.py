@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import tomli_w
 
 
@@ -123,9 +125,20 @@ class CynodeProcess:
             raise
 
     def kill(self) -> None:
+        """SIGKILL the daemon, then what it started and is still running 5 s later, as systemd ends the
+        rest of a unit's cgroup once its main process is gone: vLLM's engine core outlives a killed
+        parent (4 GB each, which starved later tests of memory), the embedded Redis does not."""
         if self.proc and self.proc.poll() is None:
+            try:
+                children = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                children = []
             self.proc.kill()
             self.proc.wait(10)
+            for child in _still_running(children, 5):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            _still_running(children, 10)
 
     def get_json(self, path: str, key: str | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(self.base_url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
@@ -134,6 +147,21 @@ class CynodeProcess:
                 return reply.status, json.loads(reply.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
+
+
+def _still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout` s (a zombie, reaped by init in its own
+    time, has stopped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.05)
 
 
 def wait_for(predicate, timeout: float, what: str):
