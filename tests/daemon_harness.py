@@ -135,10 +135,10 @@ class CynodeProcess:
                 children = []
             self.proc.kill()
             self.proc.wait(10)
-            for child in _still_running(children, 5):
+            for child in still_running(children, 5):
                 with contextlib.suppress(psutil.Error):
                     child.kill()
-            _still_running(children, 10)
+            still_running(children, 10)
 
     def get_json(self, path: str, key: str | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(self.base_url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
@@ -149,7 +149,7 @@ class CynodeProcess:
             return err.code, json.loads(err.read())
 
 
-def _still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+def still_running(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Those of `processes` still running after up to `timeout` s (a zombie, reaped by init in its own
     time, has stopped)."""
     deadline = time.monotonic() + timeout

@@ -16,11 +16,12 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import tomli_w
 
 import binary_build
-from daemon_harness import free_port
+from daemon_harness import free_port, still_running
 from notify_socket import NotifySocket
 
 # The first test of the session builds the binary in its setup (minutes on 2 cores): its limit covers that.
@@ -95,7 +96,7 @@ def test_the_binary_runs_a_node_from_a_clean_folder_and_answers_paris(cynode_bin
         assert (tmp_path / ".cynode" / "models" / "smollm2-135m-instruct" / "config.json").is_file()
         statuses = [line for line in fake_systemd.assignments() if line.startswith("STATUS=")]
         assert any("loading model smollm2-135m-instruct" in line for line in statuses), statuses
-        children = _descendants(proc.pid)
+        children = [psutil.Process(pid) for pid in _descendants(proc.pid)]
         assert len(children) >= 2 + carries_vllm  # the daemon, its redis-server (and vLLM's engine core)
         page = httpx.get(f"http://127.0.0.1:{ports['metrics']}/", timeout=10)
         assert page.status_code == 200 and "cynode status" in page.text  # packaged assets are in the binary
@@ -103,11 +104,8 @@ def test_the_binary_runs_a_node_from_a_clean_folder_and_answers_paris(cynode_bin
         assert proc.wait(120) == 0, (tmp_path / "cynode.log").read_text()[-3000:]
         assert "STOPPING=1" in fake_systemd.assignments()
         # A child that exits just as the daemon does is reparented to init, which reaps it in its own
-        # time (two runs in three on one machine saw one): a zombie ('Z') has stopped; one still running has not.
-        deadline = time.monotonic() + 10
-        while (left := {pid: line for pid in children if (line := _process_line(pid)) not in ("gone", "Z")}) \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # time (two runs in three on one machine saw one): a zombie has stopped, one still running has not.
+        left = {p.pid: p.as_dict(["name", "cmdline"], ad_value="?") for p in still_running(children, 10)}
         assert not left, f"every child stopped with the daemon; still running: {left}"
     finally:
         if proc.poll() is None:
@@ -149,19 +147,6 @@ def _descendants(pid: int) -> list[int]:
         found += children
         frontier = children
     return found
-
-
-def _process_line(pid: int) -> str:
-    """A process's state and command line, to say what outlived the daemon (a zombie is 'Z')."""
-    try:
-        head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
-        state, name = tail.split()[0], head.split("(", 1)[1]
-        if state == "Z":
-            return "Z"
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return f"{state} {name}: {command.strip()}"
-    except (OSError, IndexError):
-        return "gone"
 
 
 def _parent_of(pid: int) -> int:
